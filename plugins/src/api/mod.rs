@@ -1,0 +1,81 @@
+//! The plugin API: the [`Plugin`] trait with its hooks, the [`Flow`]/[`Reply`] values a request
+//! hook returns, the per-request [`PluginCtx`], and the [`Registry`] that turns a YAML entry
+//! (`- kind: {config}`) into a plugin instance at config-compile time.
+
+mod ctx;
+mod registry;
+mod reply;
+pub mod testing;
+
+use async_trait::async_trait;
+use serde::de::DeserializeOwned;
+
+pub use ctx::{PluginCtx, RequestInfo};
+pub use pingora_error::{Error, ErrorType, Result};
+pub use pingora_http::{RequestHeader, ResponseHeader};
+pub use pingora_proxy::Session;
+pub use registry::{BuildEnv, BuildError, Registry};
+pub use reply::{Flow, Reply, ReplyBody};
+
+/// A plugin instance, built once per config compile and shared by every request of the routes
+/// that list it. All hooks have defaults that do nothing, so a plugin implements only the phases
+/// it needs.
+///
+/// Contract:
+/// - `request_filter` runs in chain order after the route matched. `Flow::Continue` passes the
+///   request on; `Flow::Respond(reply)` ends it: the gateway writes the reply (after running the
+///   `response_filter` of the plugins *before* this one, in reverse) and nothing reaches the
+///   upstream. An `Err` becomes a 500 with the JSON error body.
+/// - `upstream_request_filter` runs in chain order on the request about to go upstream (after
+///   the gateway set `Host`, `X-Forwarded-*`, `X-Request-Id`).
+/// - `response_filter` runs in reverse chain order on every response: from the upstream, a
+///   gateway error (502/503/504) or a plugin reply.
+/// - `logging` runs in reverse chain order once per request, after the response was sent or the
+///   request failed.
+///
+/// Hooks must not block: they run on the proxy's worker threads.
+#[async_trait]
+pub trait Plugin: Send + Sync + 'static {
+    /// The YAML name of this plugin (`jwt`, `cors`, ...), used in logs and metrics labels.
+    fn kind(&self) -> &'static str;
+
+    /// See the trait contract. Default: `Flow::Continue`.
+    async fn request_filter(&self, _s: &mut Session, _cx: &mut PluginCtx<'_>) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+
+    /// See the trait contract. Default: no change.
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        _req: &mut RequestHeader,
+        _cx: &mut PluginCtx<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// See the trait contract. Default: no change.
+    async fn response_filter(
+        &self,
+        _s: &mut Session,
+        _resp: &mut ResponseHeader,
+        _cx: &mut PluginCtx<'_>,
+    ) -> Result<()> {
+        Ok(())
+    }
+
+    /// See the trait contract. Default: nothing.
+    async fn logging(&self, _s: &mut Session, _e: Option<&Error>, _cx: &mut PluginCtx<'_>) {}
+}
+
+/// A plugin that can be built from its YAML config. Implementing this (instead of writing a
+/// factory by hand) is all [`Registry::register`] needs.
+pub trait PluginSpec: Plugin + Sized {
+    /// The YAML key of the plugin entry: `- <KIND>: {config}`.
+    const KIND: &'static str;
+    /// The plugin's config; use `#[serde(deny_unknown_fields)]` so typos are config errors.
+    type Config: DeserializeOwned;
+    /// Builds an instance. Called at startup and on every reload that changed this entry; must
+    /// not panic. An error names what is wrong; the caller prefixes the YAML path.
+    fn build(config: Self::Config, env: &BuildEnv) -> std::result::Result<Self, BuildError>;
+}

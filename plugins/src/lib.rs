@@ -1,0 +1,15 @@
+//! gatehouse's plugin API and its built-in plugins.
+//!
+//! A plugin is a value implementing [`api::Plugin`]; its hooks run inside the gateway's
+//! Pingora `ProxyHttp` phases, in the order the route's chain lists them (response hooks and
+//! logging in reverse). Built-ins are registered by [`api::Registry::with_builtins`]; a
+//! third-party plugin implements [`api::PluginSpec`] and is registered explicitly.
+//! See `plugins/README.md` for the contract and a worked example.
+
+pub mod api;
+pub mod headers;
+
+pub use api::{
+    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Registry, Reply, ReplyBody,
+    RequestInfo,
+};

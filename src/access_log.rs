@@ -1,0 +1,135 @@
+//! The JSON access log: one line per request, written by a dedicated thread so a slow disk or
+//! a blocked stdout never stalls request handling. The request path only formats the line and
+//! hands it over a bounded channel; when the writer falls behind, lines are dropped and counted
+//! (`gatehouse_access_log_dropped_total`) rather than buffered without bound.
+
+use std::io::Write;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+
+use prometheus::IntCounter;
+use serde::Serialize;
+
+/// Lines that may wait for the writer.
+const QUEUE: usize = 65_536;
+
+/// One access log record.
+#[derive(Serialize)]
+pub struct Entry<'a> {
+    /// RFC 3339 UTC time the request finished.
+    pub time: String,
+    pub request_id: &'a str,
+    pub client_ip: String,
+    pub method: &'a str,
+    pub host: &'a str,
+    pub path: &'a str,
+    pub route: &'a str,
+    pub upstream: &'a str,
+    pub backend: &'a str,
+    pub status: u16,
+    /// Response body bytes sent to the client.
+    pub bytes: usize,
+    pub duration_ms: f64,
+    /// Why the gateway answered itself (`no route`, `no healthy backend`, ...), if it did.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<&'a str>,
+}
+
+/// Where access log lines go.
+pub struct AccessLog {
+    tx: Option<SyncSender<Vec<u8>>>,
+    dropped: IntCounter,
+}
+
+impl AccessLog {
+    /// `target` is `stdout`, `off` or a file path (appended to, created if missing).
+    pub fn open(target: &str, dropped: IntCounter) -> std::io::Result<Self> {
+        let out: Box<dyn Write + Send> = match target {
+            "off" => {
+                return Ok(AccessLog { tx: None, dropped });
+            }
+            "stdout" => Box::new(std::io::stdout()),
+            path => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE);
+        std::thread::Builder::new()
+            .name("gatehouse-access-log".into())
+            .spawn(move || writer(rx, out))?;
+        Ok(AccessLog {
+            tx: Some(tx),
+            dropped,
+        })
+    }
+
+    /// Whether lines are written at all (skip building them when not).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.tx.is_some()
+    }
+
+    /// Queues one record; never blocks.
+    pub fn write(&self, e: &Entry<'_>) {
+        let Some(tx) = &self.tx else { return };
+        let mut line = Vec::with_capacity(320);
+        if serde_json::to_writer(&mut line, e).is_err() {
+            return;
+        }
+        line.push(b'\n');
+        match tx.try_send(line) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        }
+    }
+}
+
+fn writer(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
+    while let Ok(line) = rx.recv() {
+        let _ = out.write_all(&line);
+        // drain what is queued, then flush once: batches under load, prompt when idle
+        while let Ok(more) = rx.try_recv() {
+            let _ = out.write_all(&more);
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Formats `t` as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    let secs = d.as_secs() as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // civil-from-days (Howard Hinnant's algorithm)
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
+        rem / 3600,
+        (rem % 3600) / 60,
+        rem % 60,
+        d.subsec_millis()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn formats_time() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_651_200_123);
+        assert_eq!(rfc3339(t), "2026-11-26T00:00:00.123Z");
+        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+    }
+}

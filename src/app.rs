@@ -1,0 +1,181 @@
+//! Builds and runs the Pingora server: the proxy service on `server.listen`, the admin service
+//! on `admin.listen`, and the health supervisor.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use gatehouse_plugins::Registry;
+use log::info;
+use pingora_core::server::configuration::{Opt, ServerConf};
+use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
+use pingora_core::services::background::background_service;
+use pingora_core::services::listening::Service;
+
+use crate::access_log::AccessLog;
+use crate::admin::AdminApp;
+use crate::config::{self, CompileEnv, ConfigErrors};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::state::{SharedState, Snapshot};
+use crate::upstream::health::HealthSupervisor;
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("{0}")]
+    Config(#[from] ConfigErrors),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error("access log `{path}`: {source}")]
+    AccessLog {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+/// How `run` was asked to start.
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub config: PathBuf,
+    /// Take over the listening sockets of a running gatehouse (graceful binary upgrade).
+    pub upgrade: bool,
+}
+
+fn base_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from("."))
+}
+
+/// Loads and compiles a config file (what `gatehouse check` runs).
+pub fn load(
+    path: &Path,
+    registry: &Registry,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigErrors> {
+    let raw = config::load_file(path)?;
+    let env = CompileEnv {
+        registry,
+        metrics,
+        base_dir: base_dir(path),
+        previous,
+        version: previous.map_or(1, |p| p.version + 1),
+    };
+    config::compile(raw, &env).map_err(|errors| ConfigErrors {
+        file: path.display().to_string(),
+        errors,
+    })
+}
+
+/// SIGTERM and SIGINT both shut down gracefully (in-flight requests get the grace period);
+/// SIGQUIT hands the listening sockets to a new process (`run --upgrade`).
+struct Signals;
+
+#[async_trait]
+impl ShutdownSignalWatch for Signals {
+    async fn recv(&self) -> ShutdownSignal {
+        use tokio::signal::unix::{signal, SignalKind};
+        let (Ok(mut quit), Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::quit()),
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            log::error!("cannot install signal handlers; shutting down");
+            return ShutdownSignal::FastShutdown;
+        };
+        tokio::select! {
+            _ = quit.recv() => ShutdownSignal::GracefulUpgrade,
+            _ = term.recv() => ShutdownSignal::GracefulTerminate,
+            _ = int.recv() => {
+                info!("SIGINT received, shutting down gracefully");
+                ShutdownSignal::GracefulTerminate
+            }
+        }
+    }
+}
+
+/// Starts the gateway and blocks until it has shut down.
+pub fn run(opts: RunOptions) -> Result<(), AppError> {
+    let metrics = Arc::new(Metrics::new()?);
+    let registry = Registry::with_builtins();
+    let snapshot = load(&opts.config, &registry, &metrics, None)?;
+    metrics
+        .config_reloads
+        .with_label_values(&["startup", "ok"])
+        .inc();
+    metrics.config_version.set(snapshot.version as i64);
+    for g in snapshot.upstreams.values() {
+        for b in &g.backends {
+            metrics.set_backend_health(&g.name, &b.label, b.is_healthy());
+        }
+    }
+
+    let server_cfg = snapshot.raw.server.clone();
+    let admin_listen = snapshot.raw.admin.listen.clone();
+    let access_log = Arc::new(
+        AccessLog::open(&server_cfg.access_log, metrics.access_log_dropped.clone()).map_err(
+            |source| AppError::AccessLog {
+                path: server_cfg.access_log.clone(),
+                source,
+            },
+        )?,
+    );
+    let state = Arc::new(SharedState::new(snapshot));
+
+    let grace = server_cfg.grace_period.0.as_secs_f64().ceil() as u64;
+    let conf = ServerConf {
+        threads: server_cfg
+            .threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        grace_period_seconds: Some(grace),
+        upgrade_sock: server_cfg.upgrade_sock.clone(),
+        ..ServerConf::default()
+    };
+    let opt = Opt {
+        upgrade: opts.upgrade,
+        ..Opt::default()
+    };
+    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(Arc::clone(&state), Arc::clone(&metrics), access_log);
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "gatehouse proxy",
+    );
+    for l in &server_cfg.listen {
+        proxy.add_tcp(l);
+    }
+    let mut admin = Service::new(
+        "gatehouse admin".to_string(),
+        AdminApp {
+            state: Arc::clone(&state),
+            metrics: Arc::clone(&metrics),
+        },
+    );
+    admin.threads = Some(1);
+    admin.add_tcp(&admin_listen);
+    let health = background_service(
+        "health",
+        HealthSupervisor {
+            state: Arc::clone(&state),
+            metrics: Arc::clone(&metrics),
+        },
+    );
+    server.add_service(proxy);
+    server.add_service(admin);
+    server.add_service(health);
+    info!(
+        "gatehouse {} listening on {:?}, admin on {admin_listen}",
+        env!("CARGO_PKG_VERSION"),
+        server_cfg.listen
+    );
+    server.run(RunArgs {
+        shutdown_signal: Box::new(Signals),
+    });
+    Ok(())
+}

@@ -1,0 +1,63 @@
+//! The YAML config: read -> `${VAR}` substitution -> typed [`raw::RawConfig`] -> compiled
+//! [`crate::state::Snapshot`]. Every error carries its YAML path.
+
+pub mod compile;
+pub mod env;
+pub mod error;
+pub mod raw;
+pub mod units;
+
+use std::path::Path;
+
+pub use compile::{compile, CompileEnv};
+pub use error::{ConfigError, ConfigErrors};
+use raw::RawConfig;
+
+/// Reads and types a config file. Collects every `${VAR}` error; a type error (unknown key,
+/// wrong type) stops at the first one, with its path.
+pub fn load_file(path: &Path) -> Result<RawConfig, ConfigErrors> {
+    let file = path.display().to_string();
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        file: file.clone(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![ConfigError::new(
+            "",
+            format!("cannot read the file: {e}"),
+        )])
+    })?;
+    parse_str(&text).map_err(fail)
+}
+
+/// Parses config text (see [`load_file`]), reading variables from the process environment.
+pub fn parse_str(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
+    parse_str_with_env(text, &|name| std::env::var(name).ok())
+}
+
+/// Parses config text with a given variable lookup.
+pub fn parse_str_with_env(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<RawConfig, Vec<ConfigError>> {
+    let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        let at = e
+            .location()
+            .map(|l| format!(" (line {}, column {})", l.line(), l.column()))
+            .unwrap_or_default();
+        vec![ConfigError::new("", format!("invalid YAML{at}: {e}"))]
+    })?;
+    if value.is_null() {
+        value = serde_yaml::Value::Mapping(Default::default());
+    }
+    let mut errors = Vec::new();
+    env::substitute(&mut value, "", lookup, &mut errors);
+    if !errors.is_empty() {
+        return Err(errors);
+    }
+    serde_path_to_error::deserialize(value).map_err(|e| {
+        let path = e.path().to_string();
+        let path = if path == "." { String::new() } else { path };
+        vec![ConfigError::new(path, e.into_inner().to_string())]
+    })
+}

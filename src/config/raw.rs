@@ -1,0 +1,290 @@
+//! The YAML config as written: serde types with `deny_unknown_fields`, defaults applied, no
+//! cross-checks (those are in `compile.rs`). These names are the user-facing interface.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Deserializer};
+
+use super::units::Dur;
+
+/// The whole file.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub admin: RawAdmin,
+    #[serde(default)]
+    pub upstreams: BTreeMap<String, RawUpstream>,
+    #[serde(default)]
+    pub routes: Vec<RawRoute>,
+    /// The chain that runs for every route, before the route's own plugins.
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+}
+
+/// `server:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawServer {
+    #[serde(default = "default_listen")]
+    pub listen: Vec<String>,
+    /// Worker threads; `None` = number of CPUs.
+    #[serde(default)]
+    pub threads: Option<usize>,
+    #[serde(default = "default_grace")]
+    pub grace_period: Dur,
+    #[serde(default)]
+    pub trusted_proxies: Vec<String>,
+    /// `stdout` | `off` | a file path.
+    #[serde(default = "default_access_log")]
+    pub access_log: String,
+    /// Unix socket the listening sockets are handed over on during `run --upgrade`.
+    #[serde(default = "default_upgrade_sock")]
+    pub upgrade_sock: String,
+}
+
+fn default_listen() -> Vec<String> {
+    vec!["0.0.0.0:8080".to_string()]
+}
+fn default_grace() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_access_log() -> String {
+    "stdout".to_string()
+}
+fn default_upgrade_sock() -> String {
+    "/tmp/gatehouse_upgrade.sock".to_string()
+}
+
+impl Default for RawServer {
+    fn default() -> Self {
+        RawServer {
+            listen: default_listen(),
+            threads: None,
+            grace_period: default_grace(),
+            trusted_proxies: Vec::new(),
+            access_log: default_access_log(),
+            upgrade_sock: default_upgrade_sock(),
+        }
+    }
+}
+
+/// `admin:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAdmin {
+    #[serde(default = "default_admin_listen")]
+    pub listen: String,
+    /// When non-empty, mutating admin endpoints need `Authorization: Bearer <token>`.
+    #[serde(default)]
+    pub token: String,
+}
+
+fn default_admin_listen() -> String {
+    "127.0.0.1:9180".to_string()
+}
+
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: default_admin_listen(),
+            token: String::new(),
+        }
+    }
+}
+
+/// `upstreams.<name>:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstream {
+    pub backends: Vec<RawBackend>,
+    #[serde(default)]
+    pub balance: RawBalance,
+    /// For `consistent_hash`: `client_ip` | `path` | `header:<Name>`.
+    #[serde(default)]
+    pub hash_key: Option<String>,
+    #[serde(default)]
+    pub health_check: Option<RawHealthCheck>,
+    #[serde(default)]
+    pub timeouts: RawTimeouts,
+}
+
+/// Balancing algorithm.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawBalance {
+    #[default]
+    RoundRobin,
+    Random,
+    ConsistentHash,
+}
+
+/// A backend: `"host:port"` or `{ addr: "host:port", weight: 3 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawBackend {
+    pub addr: String,
+    pub weight: u64,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBackendLong {
+    addr: String,
+    #[serde(default = "one")]
+    weight: u64,
+}
+
+fn one() -> u64 {
+    1
+}
+
+impl<'de> Deserialize<'de> for RawBackend {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(addr) => Ok(RawBackend { addr, weight: 1 }),
+            v @ serde_yaml::Value::Mapping(_) => {
+                let l: RawBackendLong = serde_yaml::from_value(v).map_err(D::Error::custom)?;
+                Ok(RawBackend {
+                    addr: l.addr,
+                    weight: l.weight,
+                })
+            }
+            _ => Err(D::Error::custom(
+                "expected \"host:port\" or { addr: \"host:port\", weight: N }",
+            )),
+        }
+    }
+}
+
+/// `health_check:`. Exactly one of `http` or `tcp`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHealthCheck {
+    #[serde(default)]
+    pub http: Option<RawHttpCheck>,
+    #[serde(default)]
+    pub tcp: Option<RawTcpCheck>,
+    #[serde(default = "default_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_check_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_threshold")]
+    pub healthy_after: u32,
+    #[serde(default = "default_threshold")]
+    pub unhealthy_after: u32,
+}
+
+fn default_interval() -> Dur {
+    Dur(std::time::Duration::from_secs(2))
+}
+fn default_check_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
+}
+fn default_threshold() -> u32 {
+    2
+}
+
+/// `health_check.http:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawHttpCheck {
+    #[serde(default = "default_check_path")]
+    pub path: String,
+    #[serde(default = "default_expect")]
+    pub expect_status: u16,
+    /// Host header of the probe; default: the backend address.
+    #[serde(default)]
+    pub host: Option<String>,
+}
+
+fn default_check_path() -> String {
+    "/health".to_string()
+}
+fn default_expect() -> u16 {
+    200
+}
+
+/// `health_check.tcp: {}`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTcpCheck {}
+
+/// `timeouts:` towards the backends of one upstream.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTimeouts {
+    #[serde(default = "default_connect")]
+    pub connect: Dur,
+    #[serde(default = "default_rw")]
+    pub read: Dur,
+    #[serde(default = "default_rw")]
+    pub write: Dur,
+    #[serde(default = "default_idle")]
+    pub idle: Dur,
+}
+
+fn default_connect() -> Dur {
+    Dur(std::time::Duration::from_secs(1))
+}
+fn default_rw() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_idle() -> Dur {
+    Dur(std::time::Duration::from_secs(60))
+}
+
+impl Default for RawTimeouts {
+    fn default() -> Self {
+        RawTimeouts {
+            connect: default_connect(),
+            read: default_rw(),
+            write: default_rw(),
+            idle: default_idle(),
+        }
+    }
+}
+
+/// `routes[i]:`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRoute {
+    pub id: String,
+    #[serde(default, rename = "match")]
+    pub matcher: RawMatch,
+    pub upstream: String,
+    #[serde(default)]
+    pub strip_prefix: bool,
+    /// `keep` | `backend` | a fixed host name.
+    #[serde(default = "default_upstream_host")]
+    pub upstream_host: String,
+    #[serde(default)]
+    pub plugins: Vec<RawPlugin>,
+}
+
+fn default_upstream_host() -> String {
+    "keep".to_string()
+}
+
+/// `routes[i].match:`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawMatch {
+    #[serde(default)]
+    pub host: Option<String>,
+    #[serde(default)]
+    pub path_prefix: Option<String>,
+    #[serde(default)]
+    pub path_exact: Option<String>,
+    #[serde(default)]
+    pub path_regex: Option<String>,
+    #[serde(default)]
+    pub methods: Option<Vec<String>>,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+}
+
+/// A plugin entry, `- <kind>: {config}`: a mapping with exactly one key, checked when compiled.
+pub type RawPlugin = serde_yaml::Mapping;

@@ -1,0 +1,15 @@
+//! gatehouse: an API gateway and edge reverse proxy on Pingora.
+//!
+//! One YAML file ([`config`]) compiles into an immutable [`state::Snapshot`]; the proxy
+//! ([`proxy::Gateway`]) routes each request ([`router`]) through the route's plugin chain to a
+//! health-checked [`upstream`] group. [`app`] wires the Pingora services together.
+
+pub mod access_log;
+pub mod admin;
+pub mod app;
+pub mod config;
+pub mod metrics;
+pub mod proxy;
+pub mod router;
+pub mod state;
+pub mod upstream;

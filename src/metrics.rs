@@ -1,0 +1,193 @@
+//! Prometheus metrics: one [`Metrics`] struct of typed handles, registered once at startup and
+//! shared by the proxy, the health supervisor and the admin listener. Labels are bounded: route
+//! ids, upstream names, backend addresses, status classes, standard methods.
+//!
+//! The request path never formats a label: each route carries [`RouteMetrics`] with its series
+//! resolved on first use.
+
+use std::sync::{Arc, OnceLock};
+
+use http::Method;
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Request latency buckets for an edge proxy: 0.5 ms to 30 s.
+pub const DURATION_BUCKETS: &[f64] = &[
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+];
+
+/// All of gatehouse's metrics.
+pub struct Metrics {
+    registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub backend_healthy: IntGaugeVec,
+    pub config_reloads: IntCounterVec,
+    pub config_version: IntGauge,
+    pub access_log_dropped: IntCounter,
+}
+
+impl Metrics {
+    /// Creates and registers every metric (and the process collector).
+    pub fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let http_requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_http_requests_total",
+                "HTTP requests answered, by route, method and status class.",
+            ),
+            &["route", "method", "status_class"],
+        )?;
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_http_request_duration_seconds",
+                "Time from the request head to the end of the response, by route.",
+            )
+            .buckets(DURATION_BUCKETS.to_vec()),
+            &["route"],
+        )?;
+        let backend_healthy = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_upstream_backend_healthy",
+                "1 when the backend gets traffic, 0 when its health checks fail.",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let config_reloads = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_config_reloads_total",
+                "Config loads, by trigger and result.",
+            ),
+            &["trigger", "result"],
+        )?;
+        let config_version = IntGauge::new(
+            "gatehouse_config_version",
+            "Version of the active config (1 at startup, +1 per applied reload).",
+        )?;
+        let access_log_dropped = IntCounter::new(
+            "gatehouse_access_log_dropped_total",
+            "Access log lines dropped because the writer could not keep up.",
+        )?;
+        let build_info = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_build_info",
+                "Always 1; the version label tells the build.",
+            ),
+            &["version"],
+        )?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        registry.register(Box::new(http_requests.clone()))?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(backend_healthy.clone()))?;
+        registry.register(Box::new(config_reloads.clone()))?;
+        registry.register(Box::new(config_version.clone()))?;
+        registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(build_info))?;
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
+        Ok(Metrics {
+            registry,
+            http_requests,
+            http_duration,
+            backend_healthy,
+            config_reloads,
+            config_version,
+            access_log_dropped,
+        })
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn encode(&self) -> Vec<u8> {
+        let mut buf = Vec::with_capacity(16 * 1024);
+        let families = self.registry.gather();
+        if let Err(e) = TextEncoder::new().encode(&families, &mut buf) {
+            log::error!("encoding metrics failed: {e}");
+        }
+        buf
+    }
+
+    /// Sets `gatehouse_upstream_backend_healthy{upstream,backend}`.
+    pub fn set_backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
+        self.backend_healthy
+            .with_label_values(&[upstream, backend])
+            .set(i64::from(healthy));
+    }
+
+    /// Removes the series of a backend that left the config.
+    pub fn remove_backend(&self, upstream: &str, backend: &str) {
+        let _ = self
+            .backend_healthy
+            .remove_label_values(&[upstream, backend]);
+    }
+}
+
+const METHODS: [&str; 10] = [
+    "GET", "POST", "PUT", "DELETE", "PATCH", "HEAD", "OPTIONS", "CONNECT", "TRACE", "OTHER",
+];
+const CLASSES: [&str; 6] = ["1xx", "2xx", "3xx", "4xx", "5xx", "none"];
+
+fn method_index(m: &Method) -> usize {
+    match *m {
+        Method::GET => 0,
+        Method::POST => 1,
+        Method::PUT => 2,
+        Method::DELETE => 3,
+        Method::PATCH => 4,
+        Method::HEAD => 5,
+        Method::OPTIONS => 6,
+        Method::CONNECT => 7,
+        Method::TRACE => 8,
+        _ => 9,
+    }
+}
+
+fn class_index(status: u16) -> usize {
+    match status {
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        500..=599 => 4,
+        _ => 5,
+    }
+}
+
+/// A route's resolved series; request counters are created on first use so unused
+/// method/class combinations never appear.
+pub struct RouteMetrics {
+    route: Arc<str>,
+    requests_vec: IntCounterVec,
+    requests: [[OnceLock<IntCounter>; 6]; 10],
+    duration: Histogram,
+}
+
+impl RouteMetrics {
+    /// Series for route `route` (`none` is used for requests that matched no route).
+    pub fn new(metrics: &Metrics, route: &str) -> Self {
+        RouteMetrics {
+            route: route.into(),
+            requests_vec: metrics.http_requests.clone(),
+            requests: Default::default(),
+            duration: metrics.http_duration.with_label_values(&[route]),
+        }
+    }
+
+    /// Counts one finished request.
+    #[inline]
+    pub fn observe(&self, method: &Method, status: u16, seconds: f64) {
+        let (mi, ci) = (method_index(method), class_index(status));
+        self.requests[mi][ci]
+            .get_or_init(|| {
+                self.requests_vec
+                    .with_label_values(&[&*self.route, METHODS[mi], CLASSES[ci]])
+            })
+            .inc();
+        self.duration.observe(seconds);
+    }
+}

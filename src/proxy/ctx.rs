@@ -1,0 +1,177 @@
+//! Per-request context, plus the two facts resolved before anything else: the request id and
+//! the client IP.
+
+use std::any::Any;
+use std::hash::{BuildHasher, Hasher};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
+
+use gatehouse_plugins::RequestInfo;
+
+use crate::state::{Route, ServerSettings, Snapshot};
+use crate::upstream::BackendState;
+
+/// State one request carries through the Pingora hooks.
+pub struct Ctx {
+    /// The snapshot taken in `new_ctx`, kept to the end of the request.
+    pub snap: Arc<Snapshot>,
+    /// The matched route (None before routing or when nothing matched).
+    pub route: Option<Arc<Route>>,
+    /// What plugins see.
+    pub info: RequestInfo,
+    /// One private slot per plugin of the route's chain.
+    pub slots: Vec<Option<Box<dyn Any + Send + Sync>>>,
+    /// How many plugins' `request_filter` completed; response hooks run for these.
+    pub ran: usize,
+    pub start: Instant,
+    /// The socket peer's IP (before `X-Forwarded-For`).
+    pub peer_ip: IpAddr,
+    /// The backend of the current (last) attempt.
+    pub backend: Option<Arc<BackendState>>,
+    /// Backends that failed to connect in this request (not tried again).
+    pub failed: Vec<SocketAddr>,
+    /// Why the gateway answered itself, for the access log.
+    pub error: Option<&'static str>,
+}
+
+impl Ctx {
+    /// A fresh context on `snap`.
+    pub fn new(snap: Arc<Snapshot>) -> Self {
+        Ctx {
+            snap,
+            route: None,
+            info: RequestInfo::new(String::new(), IpAddr::V4(Ipv4Addr::UNSPECIFIED), empty_id()),
+            slots: Vec::new(),
+            ran: 0,
+            start: Instant::now(),
+            peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            backend: None,
+            failed: Vec::new(),
+            error: None,
+        }
+    }
+}
+
+fn empty_id() -> Arc<str> {
+    static EMPTY: OnceLock<Arc<str>> = OnceLock::new();
+    Arc::clone(EMPTY.get_or_init(|| Arc::from("")))
+}
+
+/// Whether a client-sent request id is safe to keep: 1-128 characters from
+/// `[A-Za-z0-9._:-]` (so it cannot inject into logs or headers).
+pub fn valid_request_id(v: &[u8]) -> bool {
+    (1..=128).contains(&v.len())
+        && v.iter()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// A new request id: 32 hex digits, unique per process (random per-process prefix + counter),
+/// usable as a W3C trace id.
+pub fn new_request_id() -> String {
+    static SEED: OnceLock<u64> = OnceLock::new();
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    let seed = *SEED.get_or_init(|| {
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u128(
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0),
+        );
+        h.write_u32(std::process::id());
+        h.finish()
+    });
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    // mix the counter so consecutive ids do not look sequential
+    let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.rotate_left(17);
+    format!("{seed:016x}{mixed:016x}")
+}
+
+/// The client IP: `peer`, unless `peer` is a trusted proxy; then `X-Forwarded-For` is walked
+/// from the right and the first address that is not a trusted proxy wins. An entry that does
+/// not parse stops the walk (everything left of it is client-controlled).
+pub fn client_ip(peer: IpAddr, xff: Option<&[u8]>, settings: &ServerSettings) -> IpAddr {
+    if !settings.is_trusted(peer) {
+        return peer;
+    }
+    let Some(xff) = xff.and_then(|v| std::str::from_utf8(v).ok()) else {
+        return peer;
+    };
+    let mut client = peer;
+    for part in xff.rsplit(',') {
+        let part = part.trim();
+        let ip = part
+            .parse::<IpAddr>()
+            .ok()
+            .or_else(|| part.parse::<SocketAddr>().ok().map(|s| s.ip()));
+        match ip {
+            Some(ip) => {
+                client = ip;
+                if !settings.is_trusted(ip) {
+                    break;
+                }
+            }
+            None => break,
+        }
+    }
+    client
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(cidrs: &[&str]) -> ServerSettings {
+        ServerSettings {
+            trusted_proxies: cidrs.iter().map(|c| c.parse().unwrap()).collect(),
+        }
+    }
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn xff_ignored_without_trusted_proxies() {
+        let s = settings(&[]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some(b"1.2.3.4"), &s),
+            ip("10.0.0.1")
+        );
+    }
+
+    #[test]
+    fn xff_walked_from_the_right() {
+        let s = settings(&["10.0.0.0/8"]);
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some(b"9.9.9.9, 1.2.3.4, 10.0.0.7"), &s),
+            ip("1.2.3.4")
+        );
+        assert_eq!(
+            client_ip(ip("8.8.8.8"), Some(b"1.2.3.4"), &s),
+            ip("8.8.8.8")
+        );
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some(b"garbage, 10.0.0.9"), &s),
+            ip("10.0.0.9")
+        );
+        assert_eq!(client_ip(ip("10.0.0.1"), None, &s), ip("10.0.0.1"));
+        assert_eq!(
+            client_ip(ip("10.0.0.1"), Some(b"[2001:db8::1]:443"), &s),
+            ip("2001:db8::1")
+        );
+    }
+
+    #[test]
+    fn request_ids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(valid_request_id(a.as_bytes()));
+        assert!(!valid_request_id(b"a b"));
+        assert!(!valid_request_id(b""));
+        assert!(!valid_request_id(&[b'a'; 129]));
+    }
+}

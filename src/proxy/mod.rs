@@ -1,0 +1,278 @@
+//! The thin `ProxyHttp` implementation: each Pingora hook takes a few lines and delegates to
+//! the router, the plugin [`pipeline`], the upstream group or [`error_page`].
+
+pub mod ctx;
+pub mod error_page;
+pub mod pipeline;
+
+use std::sync::Arc;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use gatehouse_plugins::Reply;
+use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+
+use crate::access_log::{self, AccessLog};
+use crate::metrics::{Metrics, RouteMetrics};
+use crate::state::{SharedState, UpstreamHost};
+use crate::upstream::HashKey;
+use ctx::Ctx;
+
+/// How many other backends a request tries after a connect failure (nothing was sent, so this
+/// is safe for every method).
+const CONNECT_RETRIES: usize = 2;
+
+/// The gateway's proxy logic.
+pub struct Gateway {
+    pub state: Arc<SharedState>,
+    pub metrics: Arc<Metrics>,
+    pub access_log: Arc<AccessLog>,
+    /// Series for requests that matched no route.
+    pub unmatched: RouteMetrics,
+}
+
+impl Gateway {
+    /// A gateway over `state`.
+    pub fn new(state: Arc<SharedState>, metrics: Arc<Metrics>, access_log: Arc<AccessLog>) -> Self {
+        let unmatched = RouteMetrics::new(&metrics, "none");
+        Gateway {
+            state,
+            metrics,
+            access_log,
+            unmatched,
+        }
+    }
+}
+
+fn host_of(s: &Session) -> Option<&str> {
+    let req = s.req_header();
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx::new(self.state.snapshot())
+    }
+
+    async fn early_request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        ctx.info.request_id = match s.req_header().headers.get("x-request-id") {
+            Some(v) if ctx::valid_request_id(v.as_bytes()) => {
+                String::from_utf8_lossy(v.as_bytes()).into_owned()
+            }
+            _ => ctx::new_request_id(),
+        };
+        if let Some(peer) = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
+            ctx.peer_ip = peer;
+            let xff = s
+                .req_header()
+                .headers
+                .get("x-forwarded-for")
+                .map(|v| v.as_bytes());
+            ctx.info.client_ip = ctx::client_ip(peer, xff, &ctx.snap.server);
+        }
+        Ok(())
+    }
+
+    async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        let idx = {
+            let req = s.req_header();
+            ctx.snap
+                .router
+                .lookup(host_of(s), req.uri.path(), &req.method, &req.headers)
+        };
+        let Some(route) = idx.and_then(|i| ctx.snap.routes.get(i)).cloned() else {
+            ctx.error = Some("no route");
+            pipeline::write_reply(s, Reply::error(404, "no route"), ctx).await?;
+            return Ok(true);
+        };
+        ctx.info.route_id = Arc::clone(&route.id);
+        ctx.slots.resize_with(route.chain.len(), || None);
+        ctx.route = Some(route);
+        if let Some(reply) = pipeline::request_filter(s, ctx).await? {
+            if reply.status >= 400 {
+                ctx.error = Some("rejected by plugin");
+            }
+            pipeline::write_reply(s, reply, ctx).await?;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let Some(route) = &ctx.route else {
+            return Err(Error::explain(
+                ErrorType::InternalError,
+                "no route at upstream_peer",
+            ));
+        };
+        let group = &route.upstream;
+        let ip_key;
+        let key: &[u8] = match &group.hash_key {
+            None => b"",
+            Some(HashKey::ClientIp) => {
+                ip_key = ctx.info.client_ip.to_string();
+                ip_key.as_bytes()
+            }
+            Some(HashKey::Path) => s.req_header().uri.path().as_bytes(),
+            Some(HashKey::Header(h)) => s.req_header().headers.get(h).map_or(b"", |v| v.as_bytes()),
+        };
+        let Some(backend) = group.select(key, &ctx.failed) else {
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(503),
+                "no healthy backend",
+            ));
+        };
+        let mut peer = HttpPeer::new(backend.addr, false, String::new());
+        let t = &group.timeouts;
+        peer.options.connection_timeout = Some(t.connect);
+        peer.options.read_timeout = Some(t.read);
+        peer.options.write_timeout = Some(t.write);
+        peer.options.idle_timeout = Some(t.idle);
+        ctx.backend = Some(backend);
+        Ok(Box::new(peer))
+    }
+
+    fn fail_to_connect(
+        &self,
+        _s: &mut Session,
+        peer: &HttpPeer,
+        ctx: &mut Ctx,
+        mut e: Box<Error>,
+    ) -> Box<Error> {
+        if let Some(addr) = peer.address().as_inet() {
+            ctx.failed.push(*addr);
+        }
+        let others = ctx.route.as_ref().map_or(0, |r| {
+            r.upstream.backends.len().saturating_sub(ctx.failed.len())
+        });
+        if ctx.failed.len() <= CONNECT_RETRIES && others > 0 {
+            e.set_retry(true);
+        }
+        e
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        s: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let Some(route) = &ctx.route else {
+            return Ok(());
+        };
+        if let Some(prefix) = &route.strip_prefix {
+            if let Some(rest) = req.uri.path().strip_prefix(prefix.as_str()) {
+                let mut new = String::with_capacity(rest.len() + 1);
+                if !rest.starts_with('/') {
+                    new.push('/');
+                }
+                new.push_str(rest);
+                if let Some(q) = req.uri.query() {
+                    new.push('?');
+                    new.push_str(q);
+                }
+                let uri = new.parse::<http::Uri>().map_err(|e| {
+                    Error::because(
+                        ErrorType::InternalError,
+                        "strip_prefix produced a bad uri",
+                        e,
+                    )
+                })?;
+                req.set_uri(uri);
+            }
+        }
+        match &route.upstream_host {
+            UpstreamHost::Keep => {}
+            UpstreamHost::Backend => {
+                if let Some(b) = &ctx.backend {
+                    req.insert_header(http::header::HOST, &*b.label)?;
+                }
+            }
+            UpstreamHost::Fixed(v) => req.insert_header(http::header::HOST, v.clone())?,
+        }
+        let trusted_peer = ctx.snap.server.is_trusted(ctx.peer_ip);
+        let peer = ctx.peer_ip.to_string();
+        let xff = match req
+            .headers
+            .get("x-forwarded-for")
+            .and_then(|v| v.to_str().ok())
+        {
+            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
+            _ => peer,
+        };
+        req.insert_header("x-forwarded-for", xff)?;
+        if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
+            req.insert_header("x-forwarded-proto", "http")?;
+        }
+        if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
+            if let Some(h) = s.req_header().headers.get(http::header::HOST).cloned() {
+                req.insert_header("x-forwarded-host", h)?;
+            }
+        }
+        req.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        pipeline::upstream_request_filter(s, req, ctx).await
+    }
+
+    async fn response_filter(
+        &self,
+        s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        pipeline::response_filter(s, resp, ctx).await?;
+        resp.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        Ok(())
+    }
+
+    async fn fail_to_proxy(&self, s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        error_page::fail_to_proxy(s, e, ctx).await
+    }
+
+    fn suppress_error_log(&self, _s: &Session, ctx: &Ctx, e: &Error) -> bool {
+        // "no healthy backend" is an expected condition with its own metric and access log line
+        ctx.error.is_some() || matches!(e.etype(), ErrorType::HTTPStatus(_))
+    }
+
+    async fn logging(&self, s: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        pipeline::logging(s, e, ctx).await;
+        let status = s.response_written().map_or(0, |r| r.status.as_u16());
+        let elapsed = ctx.start.elapsed();
+        let req = s.req_header();
+        match &ctx.route {
+            Some(r) => r
+                .metrics
+                .observe(&req.method, status, elapsed.as_secs_f64()),
+            None => self
+                .unmatched
+                .observe(&req.method, status, elapsed.as_secs_f64()),
+        }
+        if !self.access_log.enabled() {
+            return;
+        }
+        let entry = access_log::Entry {
+            time: access_log::rfc3339(SystemTime::now()),
+            request_id: &ctx.info.request_id,
+            client_ip: ctx.info.client_ip.to_string(),
+            method: req.method.as_str(),
+            host: host_of(s).unwrap_or(""),
+            path: req.uri.path(),
+            route: ctx.route.as_ref().map_or("", |r| &r.id),
+            upstream: ctx.route.as_ref().map_or("", |r| &r.upstream.name),
+            backend: ctx.backend.as_ref().map_or("", |b| &b.label),
+            status,
+            bytes: s.body_bytes_sent(),
+            duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
+            error: ctx.error,
+        };
+        self.access_log.write(&entry);
+    }
+}

@@ -1,0 +1,105 @@
+//! The routing state: an immutable [`Snapshot`] compiled from one config file, published
+//! through exactly one `ArcSwap` ([`SharedState`]). A request takes one snapshot in `new_ctx`
+//! and keeps it to its end, so no request ever sees half a reload.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use arc_swap::ArcSwap;
+use gatehouse_plugins::Plugin;
+use http::HeaderValue;
+use ipnet::IpNet;
+
+use crate::config::raw::RawConfig;
+use crate::metrics::RouteMetrics;
+use crate::router::Router;
+use crate::upstream::UpstreamGroup;
+
+/// Which Host header goes upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UpstreamHost {
+    /// The client's Host.
+    Keep,
+    /// The backend's `ip:port`.
+    Backend,
+    /// This fixed name.
+    Fixed(HeaderValue),
+}
+
+/// A compiled route.
+pub struct Route {
+    pub id: Arc<str>,
+    pub upstream: Arc<UpstreamGroup>,
+    /// The `path_prefix` to remove before the request goes upstream (`strip_prefix: true`).
+    pub strip_prefix: Option<String>,
+    pub upstream_host: UpstreamHost,
+    /// The top-level chain followed by the route's own plugins, in config order.
+    pub chain: Vec<Arc<dyn Plugin>>,
+    pub metrics: RouteMetrics,
+}
+
+/// Settings that apply to every request.
+#[derive(Debug, Clone, Default)]
+pub struct ServerSettings {
+    /// Peers whose `X-Forwarded-For` is believed.
+    pub trusted_proxies: Vec<IpNet>,
+}
+
+impl ServerSettings {
+    /// Whether `ip` is a configured trusted proxy.
+    #[inline]
+    pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {
+        !self.trusted_proxies.is_empty() && self.trusted_proxies.iter().any(|n| n.contains(&ip))
+    }
+}
+
+/// Everything a request needs, compiled from one config file. Immutable.
+pub struct Snapshot {
+    /// Increases by one with every published config.
+    pub version: u64,
+    /// The config it was compiled from (for diffs on reload).
+    pub raw: RawConfig,
+    pub router: Router,
+    /// Indexed by the router's route index.
+    pub routes: Vec<Arc<Route>>,
+    pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
+    pub server: ServerSettings,
+}
+
+/// The one swappable pointer to the current snapshot, plus process-wide readiness.
+pub struct SharedState {
+    current: ArcSwap<Snapshot>,
+    health_ready: AtomicBool,
+}
+
+impl SharedState {
+    /// State serving `snapshot`; not ready until the first health round is done.
+    pub fn new(snapshot: Snapshot) -> Self {
+        SharedState {
+            current: ArcSwap::from_pointee(snapshot),
+            health_ready: AtomicBool::new(false),
+        }
+    }
+
+    /// The current snapshot (a request keeps this `Arc` to its end).
+    #[inline]
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.current.load_full()
+    }
+
+    /// Publishes a new snapshot with one atomic swap.
+    pub fn publish(&self, snapshot: Snapshot) {
+        self.current.store(Arc::new(snapshot));
+    }
+
+    /// Marks the first health round as done.
+    pub fn set_health_ready(&self) {
+        self.health_ready.store(true, Ordering::Release);
+    }
+
+    /// Whether the gateway is ready: config loaded and first health round done.
+    pub fn is_ready(&self) -> bool {
+        self.health_ready.load(Ordering::Acquire)
+    }
+}

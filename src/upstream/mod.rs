@@ -1,0 +1,8 @@
+//! Upstream groups: the backends of one `upstreams.<name>` entry, how one is picked
+//! ([`balancer`]), and their active health ([`health`]).
+
+pub mod balancer;
+pub mod group;
+pub mod health;
+
+pub use group::{BackendState, HashKey, UpstreamGroup};
