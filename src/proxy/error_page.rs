@@ -34,6 +34,12 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
 pub async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
     let (code, message) = classify(e);
     ctx.error.get_or_insert(message);
+    // only our own pre-upstream refusals leave the connection in a known state
+    let can_reuse = matches!(e.etype(), ErrorType::HTTPStatus(_));
+    if !can_reuse {
+        // tell the client (`Connection: close`) instead of closing under its next request
+        s.set_keepalive(None);
+    }
     if code > 0 && s.response_written().is_none() {
         if let Err(we) = pipeline::write_reply(s, Reply::error(code, message), ctx).await {
             log::debug!("writing the error reply failed: {we}");
@@ -41,8 +47,7 @@ pub async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
     }
     FailToProxy {
         error_code: code,
-        // only our own pre-upstream refusals leave the connection in a known state
-        can_reuse_downstream: matches!(e.etype(), ErrorType::HTTPStatus(_)),
+        can_reuse_downstream: can_reuse,
     }
 }
 

@@ -1,0 +1,23 @@
+# Build stage: the Rust toolchain plus cmake (Pingora's zlib-ng needs it).
+FROM rust:1-bookworm AS build
+RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+WORKDIR /src
+COPY . .
+RUN cargo build --release --bin gatehouse
+
+# Run stage: slim Debian, non-root user, the shipped configs.
+FROM debian:bookworm-slim
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+    && rm -rf /var/lib/apt/lists/* \
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gatehouse
+COPY --from=build /src/target/release/gatehouse /usr/local/bin/gatehouse
+COPY conf/ /etc/gatehouse/
+USER gatehouse
+# 8080: proxy listener. 9180: admin listener (/health, /ready, /metrics). The shipped config
+# binds admin to 127.0.0.1; mount a config with admin.listen "0.0.0.0:9180" to reach it from
+# outside the container, and set GATEHOUSE_ADMIN_TOKEN.
+EXPOSE 8080 9180
+# SIGTERM drains in-flight requests for server.grace_period, then exits.
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["/usr/local/bin/gatehouse"]
+CMD ["run", "-c", "/etc/gatehouse/gatehouse.yaml"]

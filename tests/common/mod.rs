@@ -1,0 +1,415 @@
+//! Test harness: real backends ([`TestUpstream`]) and the real gateway binary ([`TestGateway`])
+//! on 127.0.0.1 with ephemeral ports. Every wait is a poll with a deadline; every process and
+//! task started here is stopped on drop.
+
+#![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto::Builder;
+
+/// What a [`TestUpstream`] saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub headers: HashMap<String, Vec<String>>,
+}
+
+impl Seen {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .get(name)
+            .and_then(|v| v.first())
+            .map(String::as_str)
+    }
+}
+
+#[derive(Default)]
+struct Behaviour {
+    delay_ms: AtomicU64,
+    status: AtomicU64,
+}
+
+struct Shared {
+    name: String,
+    hits: AtomicUsize,
+    seen: Mutex<Vec<Seen>>,
+    behaviour: Behaviour,
+}
+
+/// A real HTTP backend on 127.0.0.1: answers `GET /health` with 200 and everything else with
+/// a body naming the backend; counts hits (not health checks) and records requests. Latency
+/// and status can be injected; `stop` closes the listener and every open connection.
+pub struct TestUpstream {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    tasks: Mutex<Option<tokio::task::JoinSet<()>>>,
+}
+
+async fn handle(
+    shared: Arc<Shared>,
+    req: Request<Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.uri().path() == "/health" {
+        return Ok(Response::new(Full::new(Bytes::from_static(b"ok"))));
+    }
+    let mut headers: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in req.headers() {
+        headers
+            .entry(k.as_str().to_string())
+            .or_default()
+            .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+    }
+    let seen = Seen {
+        method: req.method().to_string(),
+        path: req
+            .uri()
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
+        headers,
+    };
+    let _ = req.into_body().collect().await;
+    shared.hits.fetch_add(1, Ordering::SeqCst);
+    shared.seen.lock().unwrap().push(seen);
+    let delay = shared.behaviour.delay_ms.load(Ordering::SeqCst);
+    if delay > 0 {
+        tokio::time::sleep(Duration::from_millis(delay)).await;
+    }
+    let status = match shared.behaviour.status.load(Ordering::SeqCst) {
+        0 => 200,
+        s => s as u16,
+    };
+    let mut resp = Response::new(Full::new(Bytes::from(shared.name.clone())));
+    *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
+    resp.headers_mut()
+        .insert("x-backend", shared.name.parse().unwrap());
+    Ok(resp)
+}
+
+impl TestUpstream {
+    /// Starts a backend named `name` on an ephemeral port.
+    pub async fn start(name: &str) -> TestUpstream {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let u = TestUpstream {
+            addr,
+            shared: Arc::new(Shared {
+                name: name.to_string(),
+                hits: AtomicUsize::new(0),
+                seen: Mutex::new(Vec::new()),
+                behaviour: Behaviour::default(),
+            }),
+            tasks: Mutex::new(None),
+        };
+        u.serve(listener);
+        u
+    }
+
+    fn serve(&self, listener: tokio::net::TcpListener) {
+        let mut set = tokio::task::JoinSet::new();
+        let shared = Arc::clone(&self.shared);
+        let conns: Arc<Mutex<tokio::task::JoinSet<()>>> =
+            Arc::new(Mutex::new(tokio::task::JoinSet::new()));
+        let conns2 = Arc::clone(&conns);
+        set.spawn(async move {
+            // holding the connection set here: aborting this task drops (aborts) them all
+            let _guard = conns2;
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let shared = Arc::clone(&shared);
+                _guard.lock().unwrap().spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
+                    let _ = Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        drop(conns);
+        *self.tasks.lock().unwrap() = Some(set);
+    }
+
+    /// Closes the listener and every connection (the backend is "killed").
+    pub async fn stop(&self) {
+        let set = self.tasks.lock().unwrap().take();
+        if let Some(mut set) = set {
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        }
+    }
+
+    /// Starts serving again on the same port.
+    pub async fn restart(&self) {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let listener = loop {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_reuseaddr(true).unwrap();
+            match sock.bind(self.addr) {
+                Ok(()) => break sock.listen(128).unwrap(),
+                Err(e) if Instant::now() < deadline => {
+                    let _ = e;
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                Err(e) => panic!("rebinding {}: {e}", self.addr),
+            }
+        };
+        self.serve(listener);
+    }
+
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+    pub fn hits(&self) -> usize {
+        self.shared.hits.load(Ordering::SeqCst)
+    }
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+    pub fn last(&self) -> Seen {
+        self.seen()
+            .last()
+            .cloned()
+            .expect("no request reached the backend")
+    }
+    pub fn set_delay(&self, d: Duration) {
+        self.shared
+            .behaviour
+            .delay_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    pub fn set_status(&self, s: u16) {
+        self.shared
+            .behaviour
+            .status
+            .store(u64::from(s), Ordering::SeqCst);
+    }
+}
+
+impl Drop for TestUpstream {
+    fn drop(&mut self) {
+        if let Ok(mut g) = self.tasks.lock() {
+            if let Some(mut set) = g.take() {
+                set.abort_all();
+            }
+        }
+    }
+}
+
+/// A free port on 127.0.0.1 (bound then released; `TestGateway` retries if it is taken).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_gatehouse")
+}
+
+/// Runs `gatehouse check -c <yaml in a temp file>`: (exit code, stdout + stderr).
+pub fn check_yaml(yaml: &str) -> (i32, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("gatehouse.yaml");
+    std::fs::write(&path, yaml).unwrap();
+    check_file(&path)
+}
+
+/// Runs `gatehouse check -c FILE`.
+pub fn check_file(path: &Path) -> (i32, String) {
+    let out = Command::new(bin())
+        .args(["check", "-c"])
+        .arg(path)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.code().unwrap_or(-1), text)
+}
+
+/// The real gateway binary on ephemeral ports; killed on drop.
+pub struct TestGateway {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    pub dir: tempfile::TempDir,
+    pub client: reqwest::Client,
+}
+
+/// Ports handed to the config template.
+pub struct Ports {
+    pub proxy: u16,
+    pub admin: u16,
+    /// A file in the gateway's temp dir for the access log.
+    pub access_log: PathBuf,
+}
+
+impl TestGateway {
+    /// Starts the gateway with the config `yaml(ports)` and waits until `/ready` answers 200.
+    pub async fn start(yaml: impl Fn(&Ports) -> String) -> TestGateway {
+        Self::start_with(yaml, true).await
+    }
+
+    /// Like `start`; with `wait_ready: false` it returns once `/health` answers.
+    pub async fn start_with(yaml: impl Fn(&Ports) -> String, wait_ready: bool) -> TestGateway {
+        let mut last_err = String::new();
+        for _attempt in 0..3 {
+            let dir = tempfile::tempdir().unwrap();
+            let ports = Ports {
+                proxy: free_port(),
+                admin: free_port(),
+                access_log: dir.path().join("access.log"),
+            };
+            let cfg = dir.path().join("gatehouse.yaml");
+            std::fs::write(&cfg, yaml(&ports)).unwrap();
+            let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
+            let stdout = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
+            let child = Command::new(bin())
+                .args(["run", "-c"])
+                .arg(&cfg)
+                .env("RUST_LOG", "info")
+                .stdout(Stdio::from(stdout))
+                .stderr(Stdio::from(stderr))
+                .spawn()
+                .unwrap();
+            let mut gw = TestGateway {
+                child,
+                port: ports.proxy,
+                admin_port: ports.admin,
+                dir,
+                client: reqwest::Client::builder()
+                    .timeout(Duration::from_secs(10))
+                    .build()
+                    .unwrap(),
+            };
+            let path = if wait_ready { "/ready" } else { "/health" };
+            match gw.wait_admin(path, Duration::from_secs(15)).await {
+                Ok(()) => return gw,
+                Err(e) => last_err = format!("{e}\nstderr:\n{}", gw.stderr()),
+            }
+        }
+        panic!("gateway did not start: {last_err}");
+    }
+
+    async fn wait_admin(&mut self, path: &str, max: Duration) -> Result<(), String> {
+        let deadline = Instant::now() + max;
+        let url = format!("http://127.0.0.1:{}{path}", self.admin_port);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                return Err(format!("gateway exited: {status}"));
+            }
+            if let Ok(r) = self
+                .client
+                .get(&url)
+                .timeout(Duration::from_millis(500))
+                .send()
+                .await
+            {
+                if r.status() == 200 {
+                    return Ok(());
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        Err(format!("{path} not 200 within {max:?}"))
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.admin_port)
+    }
+    pub async fn get(&self, path: &str) -> reqwest::Response {
+        self.client.get(self.url(path)).send().await.unwrap()
+    }
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+    /// Sends a signal to the gateway process.
+    pub fn signal(&self, sig: i32) {
+        unsafe {
+            libc::kill(self.pid(), sig);
+        }
+    }
+    /// Waits up to `max` for the process to exit; its exit status if it did.
+    pub fn wait_exit(&mut self, max: Duration) -> Option<std::process::ExitStatus> {
+        let deadline = Instant::now() + max;
+        while Instant::now() < deadline {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return Some(s);
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        None
+    }
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+}
+
+impl Drop for TestGateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Polls `f` every 50 ms until it returns true or `max` passes; returns the last result.
+pub async fn eventually<F, Fut>(max: Duration, mut f: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = Instant::now() + max;
+    loop {
+        if f().await {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A minimal config with one upstream `up` over `backends` and the given routes YAML.
+pub fn simple_config(p: &Ports, upstreams: &str, routes: &str) -> String {
+    format!(
+        "server:\n  listen: [\"127.0.0.1:{}\"]\n  threads: 2\n  grace_period: 1s\n  access_log: {}\nadmin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n{upstreams}\nroutes:\n{routes}\n",
+        p.proxy,
+        p.access_log.display(),
+        p.admin
+    )
+}
