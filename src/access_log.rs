@@ -32,6 +32,29 @@ pub struct Entry<'a> {
     /// Why the gateway answered itself (`no route`, `no healthy backend`, ...), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// Plugin decisions, e.g. `{"jwt": "expired"}`.
+    #[serde(skip_serializing_if = "Outcomes::is_empty")]
+    pub plugins: Outcomes<'a>,
+}
+
+/// Plugin decisions, serialized as a JSON object.
+pub struct Outcomes<'a>(pub &'a [(&'static str, &'static str)]);
+
+impl Outcomes<'_> {
+    fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl Serialize for Outcomes<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut m = s.serialize_map(Some(self.0.len()))?;
+        for (k, v) in self.0 {
+            m.serialize_entry(k, v)?;
+        }
+        m.end()
+    }
 }
 
 /// Where access log lines go.

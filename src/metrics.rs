@@ -27,6 +27,8 @@ pub struct Metrics {
     pub config_reloads: IntCounterVec,
     pub config_version: IntGauge,
     pub access_log_dropped: IntCounter,
+    pub jwt_validations: IntCounterVec,
+    pub plugin_decisions: IntCounterVec,
 }
 
 impl Metrics {
@@ -70,6 +72,20 @@ impl Metrics {
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         )?;
+        let jwt_validations = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_jwt_validations_total",
+                "JWT checks by route and result (ok, missing, expired, invalid_signature, ...).",
+            ),
+            &["route", "result"],
+        )?;
+        let plugin_decisions = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_plugin_decisions_total",
+                "Decisions of plugins without a metric of their own, by plugin, route and result.",
+            ),
+            &["plugin", "route", "result"],
+        )?;
         let build_info = IntGaugeVec::new(
             Opts::new(
                 "gatehouse_build_info",
@@ -86,6 +102,8 @@ impl Metrics {
         registry.register(Box::new(config_reloads.clone()))?;
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
+        registry.register(Box::new(jwt_validations.clone()))?;
+        registry.register(Box::new(plugin_decisions.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -99,6 +117,8 @@ impl Metrics {
             config_reloads,
             config_version,
             access_log_dropped,
+            jwt_validations,
+            plugin_decisions,
         })
     }
 
@@ -117,6 +137,20 @@ impl Metrics {
         self.backend_healthy
             .with_label_values(&[upstream, backend])
             .set(i64::from(healthy));
+    }
+
+    /// Counts a plugin decision reported through `RequestInfo::outcomes`.
+    pub fn plugin_outcome(&self, plugin: &str, route: &str, result: &str) {
+        match plugin {
+            "jwt" => self
+                .jwt_validations
+                .with_label_values(&[route, result])
+                .inc(),
+            _ => self
+                .plugin_decisions
+                .with_label_values(&[plugin, route, result])
+                .inc(),
+        }
     }
 
     /// Removes the series of a backend that left the config.

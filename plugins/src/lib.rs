@@ -7,7 +7,9 @@
 //! See `plugins/README.md` for the contract and a worked example.
 
 pub mod api;
+pub mod cors;
 pub mod headers;
+pub mod jwt;
 
 pub use api::{
     BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Registry, Reply, ReplyBody,

@@ -599,6 +599,14 @@ fn compile_route(
     }
     let mut chain = global.to_vec();
     chain.extend(own);
+    let pos = |kind: &str| chain.iter().position(|p| p.kind() == kind);
+    if let (Some(cors), Some(auth)) = (pos("cors"), pos("jwt")) {
+        if cors > auth {
+            log::warn!(
+                "{p}.plugins: cors runs after jwt, so CORS preflights (which carry no token) get 401; list cors first"
+            );
+        }
+    }
     let route = Route {
         id: r.id.as_str().into(),
         upstream: upstream?,

@@ -272,6 +272,7 @@ impl ProxyHttp for Gateway {
             bytes: s.body_bytes_sent(),
             duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             error: ctx.error,
+            plugins: access_log::Outcomes(&ctx.info.outcomes),
         };
         self.access_log.write(&entry);
     }

@@ -18,6 +18,10 @@ pub struct RequestInfo {
     /// Typed values plugins share with later plugins (e.g. verified JWT claims). Keyed by type,
     /// so each plugin should insert its own type.
     pub ext: http::Extensions,
+    /// Decisions plugins report, `(plugin kind, result)`, e.g. `("jwt", "expired")`: written to
+    /// the access log and counted in the plugin's metric. Results must come from a small fixed
+    /// set (they become metric labels), never from client input.
+    pub outcomes: Vec<(&'static str, &'static str)>,
 }
 
 impl RequestInfo {
@@ -28,7 +32,13 @@ impl RequestInfo {
             client_ip,
             route_id,
             ext: http::Extensions::new(),
+            outcomes: Vec::new(),
         }
+    }
+
+    /// Records a plugin decision (see [`RequestInfo::outcomes`]).
+    pub fn record(&mut self, kind: &'static str, result: &'static str) {
+        self.outcomes.push((kind, result));
     }
 }
 

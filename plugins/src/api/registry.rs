@@ -96,7 +96,9 @@ impl Registry {
     /// A registry with every built-in plugin.
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
+        r.register::<crate::cors::Cors>();
         r.register::<crate::headers::Headers>();
+        r.register::<crate::jwt::Jwt>();
         r
     }
 

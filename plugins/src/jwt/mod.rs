@@ -1,0 +1,534 @@
+//! `jwt` plugin: verifies a JSON Web Token on every request of the route.
+//!
+//! ```yaml
+//! - jwt:
+//!     keys:                                  # rotation = several keys, picked by kid
+//!       - { kid: "2026-11", algorithm: HS256, secret: "${JWT_SECRET}" }
+//!       - { kid: "2026-10", algorithm: RS256, public_key_file: keys/old.pem }
+//!     jwks_file: jwks.json                   # optional; re-read when it changes
+//!     jwks_url: https://auth.internal/.well-known/jwks.json   # optional
+//!     jwks_refresh: 10m
+//!     issuer: https://auth.example.com       # optional; iss must match
+//!     audience: [orders-api]                 # optional; aud must contain one
+//!     leeway: 30s
+//!     required: true                         # false: no token passes; a bad token is still 401
+//!     token_from: ["header:Authorization", "cookie:session"]   # also "query:<name>"
+//!     claims: { role: [admin, support] }     # unmet -> 403
+//!     forward_claims: { sub: X-User-Id }
+//! ```
+//!
+//! Security rules: the algorithm is pinned per key (a token whose `alg` differs from its key's
+//! is rejected, so no HS/RS confusion and no `none`); `exp` is required; `nbf`, `iss`, `aud` are
+//! checked with `leeway`; any `crit` header is rejected; tokens over 8 KiB are rejected before
+//! decoding; a `kid` that matches no key is rejected; a token without `kid` is tried against the
+//! keys of its algorithm only. Rejections are 401 with `WWW-Authenticate: Bearer
+//! error="invalid_token"`; unmet `claims` are 403. `forward_claims` headers are always removed
+//! from the client's request (any case, `_` or `-`) before the verified values are set.
+//! Verified claims are put in `RequestInfo::ext` as [`VerifiedClaims`].
+
+mod keys;
+mod source;
+mod verify;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use serde::Deserialize;
+use serde_json::Value;
+
+use crate::api::{
+    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Reply, RequestHeader, Result,
+    Session,
+};
+pub use keys::{parse_jwks, Key};
+pub use source::{KeyStore, REFRESH_COOLDOWN};
+pub use verify::{Claims, Reject, TokenCache, Validator, MAX_TOKEN_LEN};
+
+/// The claims of the verified token, for later plugins (`info.ext.get::<VerifiedClaims>()`).
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub Claims);
+
+/// One configured key.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawKey {
+    #[serde(default)]
+    kid: Option<String>,
+    algorithm: String,
+    #[serde(default)]
+    secret: Option<String>,
+    #[serde(default)]
+    public_key_file: Option<String>,
+}
+
+/// `audience:` as one string or a list.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum OneOrMany {
+    Many(Vec<String>),
+    One(String),
+}
+
+/// A claim requirement: one value or a list of accepted values.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub enum Accepted {
+    Many(Vec<Value>),
+    One(Value),
+}
+
+/// The plugin's YAML config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct JwtConfig {
+    #[serde(default)]
+    keys: Vec<RawKey>,
+    #[serde(default)]
+    jwks_file: Option<String>,
+    #[serde(default)]
+    jwks_url: Option<String>,
+    #[serde(default)]
+    jwks_refresh: Option<String>,
+    #[serde(default)]
+    issuer: Option<String>,
+    #[serde(default)]
+    audience: Option<OneOrMany>,
+    #[serde(default)]
+    leeway: Option<String>,
+    #[serde(default = "yes")]
+    required: bool,
+    #[serde(default)]
+    token_from: Option<Vec<String>>,
+    #[serde(default)]
+    claims: BTreeMap<String, Accepted>,
+    #[serde(default)]
+    forward_claims: BTreeMap<String, String>,
+    /// Verified tokens kept for RS/PS/ES/EdDSA keys (0 disables the cache).
+    #[serde(default = "default_cache")]
+    cache_size: usize,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_cache() -> usize {
+    10_000
+}
+
+#[derive(Debug, Clone)]
+enum TokenSource {
+    /// `Authorization: Bearer <token>`.
+    Bearer,
+    Header(HeaderName),
+    Cookie(String),
+    Query(String),
+}
+
+/// The `jwt` plugin.
+pub struct Jwt {
+    store: Arc<KeyStore>,
+    validator: Validator,
+    cache: TokenCache,
+    required: bool,
+    sources: Vec<TokenSource>,
+    claims: Vec<(String, Vec<String>)>,
+    forward: Vec<(String, HeaderName)>,
+    /// normalized (lowercase, `_` -> `-`) names of the forwarded headers
+    forward_norm: Vec<String>,
+    has_url: bool,
+}
+
+fn parse_duration(s: &str, field: &str) -> std::result::Result<Duration, BuildError> {
+    let err = || {
+        BuildError::at(
+            field,
+            format!("invalid duration `{s}`: use e.g. \"30s\", \"10m\""),
+        )
+    };
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
+    let n: u64 = s[..split].parse().map_err(|_| err())?;
+    let secs = match &s[split..] {
+        "ms" => return Ok(Duration::from_millis(n)),
+        "s" => n,
+        "m" => n * 60,
+        "h" => n * 3600,
+        _ => return Err(err()),
+    };
+    Ok(Duration::from_secs(secs))
+}
+
+fn normalize(name: &str) -> String {
+    name.to_ascii_lowercase().replace('_', "-")
+}
+
+fn unauthorized(r: Reject) -> Reply {
+    let challenge = format!(
+        "Bearer error=\"invalid_token\", error_description=\"{}\"",
+        r.message
+    );
+    Reply::error(401, r.message).with_header(
+        http::header::WWW_AUTHENTICATE,
+        HeaderValue::from_str(&challenge)
+            .unwrap_or(HeaderValue::from_static("Bearer error=\"invalid_token\"")),
+    )
+}
+
+fn now_secs() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+impl Jwt {
+    fn extract<'s>(&self, s: &'s Session) -> Option<std::borrow::Cow<'s, str>> {
+        let req = s.req_header();
+        for src in &self.sources {
+            match src {
+                TokenSource::Bearer => {
+                    for v in req.headers.get_all(http::header::AUTHORIZATION) {
+                        let Ok(v) = v.to_str() else { continue };
+                        let v = v.trim();
+                        if v.len() > 7 && v[..7].eq_ignore_ascii_case("bearer ") {
+                            return Some(v[7..].trim().into());
+                        }
+                    }
+                }
+                TokenSource::Header(h) => {
+                    if let Some(v) = req.headers.get(h).and_then(|v| v.to_str().ok()) {
+                        return Some(v.trim().into());
+                    }
+                }
+                TokenSource::Cookie(name) => {
+                    for v in req.headers.get_all(http::header::COOKIE) {
+                        let Ok(v) = v.to_str() else { continue };
+                        for pair in v.split(';') {
+                            if let Some((k, val)) = pair.trim().split_once('=') {
+                                if k == name {
+                                    return Some(val.trim_matches('"').into());
+                                }
+                            }
+                        }
+                    }
+                }
+                TokenSource::Query(name) => {
+                    if let Some(q) = req.uri.query() {
+                        for pair in q.split('&') {
+                            if let Some((k, val)) = pair.split_once('=') {
+                                if k == name {
+                                    return Some(val.into());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        None
+    }
+
+    fn claims_met(&self, claims: &serde_json::Map<String, Value>) -> bool {
+        self.claims
+            .iter()
+            .all(|(name, accepted)| match claims.get(name) {
+                Some(Value::Array(have)) => {
+                    have.iter().any(|h| accepted.iter().any(|a| same(h, a)))
+                }
+                Some(h) => accepted.iter().any(|a| same(h, a)),
+                None => false,
+            })
+    }
+}
+
+/// Claim comparison that treats `"1"` in YAML and `1` in the token alike (`accepted` values
+/// were turned into strings when the config was compiled).
+fn same(have: &Value, want: &str) -> bool {
+    match have {
+        Value::String(a) => a == want,
+        Value::Null | Value::Array(_) | Value::Object(_) => false,
+        other => {
+            let text = other.to_string();
+            text == want
+        }
+    }
+}
+
+fn as_text(v: Value) -> String {
+    match v {
+        Value::String(s) => s,
+        other => other.to_string(),
+    }
+}
+
+fn claim_header_value(v: &Value) -> Option<HeaderValue> {
+    let s = match v {
+        Value::String(s) => s.clone(),
+        Value::Null => return None,
+        other => other.to_string(),
+    };
+    HeaderValue::from_str(&s).ok()
+}
+
+#[async_trait]
+impl Plugin for Jwt {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
+        let Some(token) = self.extract(s) else {
+            if self.required {
+                cx.info.record(Self::KIND, "missing");
+                return Ok(Flow::Respond(
+                    Reply::error(401, "missing token").with_header(
+                        http::header::WWW_AUTHENTICATE,
+                        HeaderValue::from_static("Bearer"),
+                    ),
+                ));
+            }
+            cx.info.record(Self::KIND, "anonymous");
+            return Ok(Flow::Continue);
+        };
+        let snap = self.store.load();
+        let verified = self
+            .validator
+            .verify(&token, &snap.keys, snap.gen, now_secs(), &self.cache);
+        let claims = match verified {
+            Ok(c) => c,
+            Err(r) => {
+                if r == verify::UNKNOWN_KID && self.has_url {
+                    self.store.request_refresh();
+                }
+                cx.info.record(Self::KIND, r.label);
+                return Ok(Flow::Respond(unauthorized(r)));
+            }
+        };
+        if !self.claims_met(&claims) {
+            cx.info.record(Self::KIND, "forbidden");
+            return Ok(Flow::Respond(
+                Reply::error(403, "insufficient claims").with_header(
+                    http::header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer error=\"insufficient_scope\""),
+                ),
+            ));
+        }
+        cx.info.record(Self::KIND, "ok");
+        cx.info.ext.insert(VerifiedClaims(Arc::clone(&claims)));
+        cx.set_state(VerifiedClaims(claims));
+        Ok(Flow::Continue)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _s: &mut Session,
+        req: &mut RequestHeader,
+        cx: &mut PluginCtx<'_>,
+    ) -> Result<()> {
+        if self.forward.is_empty() {
+            return Ok(());
+        }
+        // a client must never be able to set these itself, in any spelling
+        let forged: Vec<HeaderName> = req
+            .headers
+            .keys()
+            .filter(|k| {
+                self.forward_norm
+                    .iter()
+                    .any(|n| *n == normalize(k.as_str()))
+            })
+            .cloned()
+            .collect();
+        for h in forged {
+            req.remove_header(&h);
+        }
+        if let Some(VerifiedClaims(claims)) = cx.state::<VerifiedClaims>() {
+            for (claim, header) in &self.forward {
+                if let Some(v) = claims.get(claim).and_then(claim_header_value) {
+                    req.insert_header(header.clone(), v)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+impl PluginSpec for Jwt {
+    const KIND: &'static str = "jwt";
+    type Config = JwtConfig;
+
+    fn build(c: JwtConfig, env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+        let mut fixed = Vec::new();
+        for (i, k) in c.keys.iter().enumerate() {
+            let p = format!("keys[{i}]");
+            let alg = keys::parse_alg(&k.algorithm)
+                .map_err(|e| BuildError::at(format!("{p}.algorithm"), e))?;
+            let key = match (&k.secret, &k.public_key_file, keys::is_asymmetric(alg)) {
+                (Some(secret), None, false) => {
+                    if secret.len() < 32 {
+                        env_warn(env, &p, "an HMAC secret shorter than 32 bytes is weak");
+                    }
+                    if secret.is_empty() {
+                        return Err(BuildError::at(format!("{p}.secret"), "empty secret"));
+                    }
+                    jsonwebtoken::DecodingKey::from_secret(secret.as_bytes())
+                }
+                (None, Some(file), true) => keys::load_pem(alg, &env.resolve(file))
+                    .map_err(|e| BuildError::at(format!("{p}.public_key_file"), e))?,
+                (_, _, false) => {
+                    return Err(BuildError::at(
+                        &p,
+                        format!("{alg:?} needs `secret` (and no public_key_file)"),
+                    ))
+                }
+                (_, _, true) => {
+                    return Err(BuildError::at(
+                        &p,
+                        format!("{alg:?} needs `public_key_file` (and no secret)"),
+                    ))
+                }
+            };
+            if let Some(kid) = &k.kid {
+                if c.keys[..i].iter().any(|o| o.kid.as_deref() == Some(kid)) {
+                    return Err(BuildError::at(
+                        format!("{p}.kid"),
+                        format!("duplicate kid `{kid}`"),
+                    ));
+                }
+            }
+            fixed.push(Arc::new(Key {
+                kid: k.kid.clone(),
+                alg,
+                key,
+            }));
+        }
+        let jwks_path: Option<PathBuf> = c.jwks_file.as_deref().map(|f| env.resolve(f));
+        let mut jwks = Vec::new();
+        if let Some(path) = &jwks_path {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                BuildError::at(
+                    "jwks_file",
+                    format!("cannot read `{}`: {e}", path.display()),
+                )
+            })?;
+            jwks = keys::parse_jwks(&text).map_err(|e| BuildError::at("jwks_file", e))?;
+        }
+        if let Some(url) = &c.jwks_url {
+            if !(url.starts_with("https://") || url.starts_with("http://")) {
+                return Err(BuildError::at("jwks_url", "must be an http(s) URL"));
+            }
+        }
+        if fixed.is_empty() && jwks_path.is_none() && c.jwks_url.is_none() {
+            return Err(BuildError::new("needs `keys`, `jwks_file` or `jwks_url`"));
+        }
+        let refresh = match &c.jwks_refresh {
+            Some(s) => parse_duration(s, "jwks_refresh")?,
+            None => Duration::from_secs(600),
+        };
+        if refresh < Duration::from_secs(1) {
+            return Err(BuildError::at("jwks_refresh", "must be at least 1s"));
+        }
+        let leeway = match &c.leeway {
+            Some(s) => parse_duration(s, "leeway")?,
+            None => Duration::from_secs(30),
+        };
+        let mut sources = Vec::new();
+        for (i, s) in c
+            .token_from
+            .clone()
+            .unwrap_or_else(|| vec!["header:Authorization".into()])
+            .iter()
+            .enumerate()
+        {
+            let p = format!("token_from[{i}]");
+            let src = match s.split_once(':') {
+                Some(("header", h)) if h.eq_ignore_ascii_case("authorization") => {
+                    TokenSource::Bearer
+                }
+                Some(("header", h)) => TokenSource::Header(
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| BuildError::at(&p, format!("invalid header name `{h}`")))?,
+                ),
+                Some(("cookie", n)) if !n.is_empty() => TokenSource::Cookie(n.to_string()),
+                Some(("query", n)) if !n.is_empty() => TokenSource::Query(n.to_string()),
+                _ => {
+                    return Err(BuildError::at(
+                        &p,
+                        format!("`{s}`: use header:<Name>, cookie:<name> or query:<name>"),
+                    ))
+                }
+            };
+            sources.push(src);
+        }
+        if sources.is_empty() {
+            return Err(BuildError::at("token_from", "needs at least one source"));
+        }
+        let mut forward = Vec::new();
+        for (claim, header) in &c.forward_claims {
+            let h = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                BuildError::at(
+                    format!("forward_claims.{claim}"),
+                    format!("invalid header name `{header}`"),
+                )
+            })?;
+            forward.push((claim.clone(), h));
+        }
+        let forward_norm = forward.iter().map(|(_, h)| normalize(h.as_str())).collect();
+        let claims = c
+            .claims
+            .into_iter()
+            .map(|(k, a)| {
+                let list = match a {
+                    Accepted::One(v) => vec![as_text(v)],
+                    Accepted::Many(v) => v.into_iter().map(as_text).collect(),
+                };
+                (k, list)
+            })
+            .collect();
+        let audience = match c.audience {
+            None => Vec::new(),
+            Some(OneOrMany::One(a)) => vec![a],
+            Some(OneOrMany::Many(v)) => v,
+        };
+        let mut initial_url_keys = Vec::new();
+        if let Some(url) = &c.jwks_url {
+            // a first fetch so tokens verify from the start; an auth server that is down at
+            // startup must not keep the gateway down: the watcher keeps trying
+            match source::fetch_jwks(url, Duration::from_secs(3)) {
+                Ok(k) => initial_url_keys = k,
+                Err(e) => log::warn!("jwks_url: {e}; will retry every {refresh:?}"),
+            }
+        }
+        jwks.extend(initial_url_keys);
+        let store = Arc::new(KeyStore::new(
+            fixed,
+            jwks.into_iter().map(Arc::new).collect(),
+        ));
+        source::spawn_watcher(&store, jwks_path, c.jwks_url.clone(), refresh);
+        Ok(Jwt {
+            store,
+            validator: Validator::new(verify::Rules {
+                issuer: c.issuer,
+                audience,
+                leeway_secs: leeway.as_secs(),
+            }),
+            cache: TokenCache::new(c.cache_size.max(1)),
+            required: c.required,
+            sources,
+            claims,
+            forward,
+            forward_norm,
+            has_url: c.jwks_url.is_some(),
+        })
+    }
+}
+
+fn env_warn(_env: &BuildEnv, path: &str, msg: &str) {
+    log::warn!("jwt {path}: {msg}");
+}
+
+#[cfg(test)]
+mod tests;
