@@ -49,6 +49,14 @@ async fn health_ready_metrics() {
         assert_eq!(gw.get("/x").await.status(), 200);
     }
     assert_eq!(gw.get("/x").await.headers()["x-backend"], "a");
+    // requests are counted in the logging phase, just after the response went out
+    let counted = eventually(Duration::from_secs(5), || async {
+        gw.metrics()
+            .await
+            .contains("gatehouse_http_request_duration_seconds_count{route=\"all\"} 6")
+    })
+    .await;
+    assert!(counted);
     let r = c.get(gw.admin_url("/metrics")).send().await.unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.headers()["content-type"]

@@ -248,9 +248,13 @@ impl ProxyHttp for Gateway {
         let elapsed = ctx.start.elapsed();
         let req = s.req_header();
         match &ctx.route {
-            Some(r) => r
-                .metrics
-                .observe(&req.method, status, elapsed.as_secs_f64()),
+            Some(r) => {
+                r.metrics
+                    .observe(&req.method, status, elapsed.as_secs_f64());
+                for (plugin, result) in &ctx.info.outcomes {
+                    self.metrics.plugin_outcome(plugin, &r.id, result);
+                }
+            }
             None => self
                 .unmatched
                 .observe(&req.method, status, elapsed.as_secs_f64()),
