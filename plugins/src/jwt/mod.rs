@@ -46,7 +46,7 @@ use crate::api::{
 };
 pub use keys::{parse_jwks, Key};
 pub use source::{KeyStore, REFRESH_COOLDOWN};
-pub use verify::{Claims, Reject, TokenCache, Validator, MAX_TOKEN_LEN};
+pub use verify::{Claims, Reject, Rules, TokenCache, Validator, MAX_TOKEN_LEN};
 
 /// The claims of the verified token, for later plugins (`info.ext.get::<VerifiedClaims>()`).
 #[derive(Debug, Clone)]

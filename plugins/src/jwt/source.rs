@@ -107,7 +107,10 @@ pub fn spawn_watcher(
         .name("gatehouse-jwks".into())
         .spawn(move || {
             let mut next_fetch = Instant::now() + refresh;
-            let mut last_fetch = Instant::now();
+            // the first on-demand refresh may happen at once
+            let mut last_fetch = Instant::now()
+                .checked_sub(REFRESH_COOLDOWN)
+                .unwrap_or_else(Instant::now);
             loop {
                 std::thread::sleep(POLL);
                 let Some(store) = weak.upgrade() else { return };

@@ -295,3 +295,100 @@ fn config_errors_name_the_field() {
         "token_from[0]"
     );
 }
+
+/// A JWKS endpoint on 127.0.0.1 serving whatever `doc` holds; counts fetches; answers 500
+/// while `doc` is empty.
+fn jwks_server(
+    doc: std::sync::Arc<std::sync::Mutex<String>>,
+    fetches: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+) -> String {
+    use std::io::{Read, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = l.local_addr().unwrap();
+    std::thread::spawn(move || {
+        for s in l.incoming().take(200) {
+            let Ok(mut s) = s else { break };
+            let mut buf = [0u8; 2048];
+            let _ = s.read(&mut buf);
+            fetches.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let body = doc.lock().unwrap().clone();
+            let status = if body.is_empty() {
+                "500 Internal Server Error"
+            } else {
+                "200 OK"
+            };
+            let _ = write!(s, "HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+        }
+    });
+    format!("http://{addr}/.well-known/jwks.json")
+}
+
+fn wait_until(mut f: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while std::time::Instant::now() < deadline {
+        if f() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    false
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwks_url_fetch_refresh_on_unknown_kid_and_last_good_kept() {
+    use std::sync::atomic::Ordering;
+    let both = std::fs::read_to_string(keys_dir().join("jwks-both.json")).unwrap();
+    let new_only = std::fs::read_to_string(keys_dir().join("jwks-new-only.json")).unwrap();
+    let doc = std::sync::Arc::new(std::sync::Mutex::new(new_only.clone()));
+    let fetches = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let url = jwks_server(doc.clone(), fetches.clone());
+    let p = build(&format!("jwks_url: \"{url}\"\njwks_refresh: 1h\n"));
+    assert_eq!(fetches.load(Ordering::SeqCst), 1, "fetched once at build");
+    let rs2 = std::fs::read(keys_dir().join("rsa2.key")).unwrap();
+    let mut h = Header::new(Algorithm::RS256);
+    h.kid = Some("new".into());
+    let c = json!({"sub": "u", "exp": now() + 300});
+    let new_tok = encode(&h, &c, &EncodingKey::from_rsa_pem(&rs2).unwrap()).unwrap();
+    assert_eq!(run(&p, &bearer(&new_tok)).await.0, 0);
+    // the endpoint now also publishes "old": an unknown kid triggers one early refresh
+    *doc.lock().unwrap() = both;
+    let old_tok = rs(c.clone(), Some("old"));
+    assert_eq!(run(&p, &bearer(&old_tok)).await.1, "unknown_kid");
+    let p2 = &p;
+    let ok = wait_until(|| futures_lite_block(run(p2, &bearer(&old_tok))).0 == 0);
+    assert!(ok, "unknown kid did not trigger a refresh");
+    assert_eq!(fetches.load(Ordering::SeqCst), 2);
+    // more misses within the cooldown never fetch again
+    let mut h2 = Header::new(Algorithm::RS256);
+    h2.kid = Some("other".into());
+    let other = encode(&h2, &c, &EncodingKey::from_rsa_pem(&rs2).unwrap()).unwrap();
+    for _ in 0..20 {
+        assert_eq!(run(&p, &bearer(&other)).await.1, "unknown_kid");
+    }
+    std::thread::sleep(std::time::Duration::from_millis(600));
+    assert_eq!(
+        fetches.load(Ordering::SeqCst),
+        2,
+        "refresh must be rate limited, not per request"
+    );
+
+    // periodic refresh against an endpoint that now fails keeps the last good keys
+    *doc.lock().unwrap() = new_only;
+    let fetches2 = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let doc2 = std::sync::Arc::new(std::sync::Mutex::new(
+        std::fs::read_to_string(keys_dir().join("jwks-new-only.json")).unwrap(),
+    ));
+    let url2 = jwks_server(doc2.clone(), fetches2.clone());
+    let q = build(&format!("jwks_url: \"{url2}\"\njwks_refresh: 1s\n"));
+    *doc2.lock().unwrap() = String::new();
+    assert!(
+        wait_until(|| fetches2.load(Ordering::SeqCst) >= 3),
+        "periodic refresh did not run"
+    );
+    assert_eq!(run(&q, &bearer(&new_tok)).await.0, 0);
+}
+
+/// Drives a future to completion from a sync closure inside a multi-thread runtime.
+fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
+    tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
+}
