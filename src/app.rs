@@ -16,9 +16,11 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config::{self, CompileEnv, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::proxy::conn::{ConnLimits, Guarded};
 use crate::proxy::Gateway;
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::health::HealthSupervisor;
+use std::sync::atomic::AtomicUsize;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     }
 
     let server_cfg = snapshot.raw.server.clone();
+    let snapshot_limits = server_cfg.limits.clone();
     let admin_listen = snapshot.raw.admin.listen.clone();
     let access_log = Arc::new(
         AccessLog::open(&server_cfg.access_log, metrics.access_log_dropped.clone()).map_err(
@@ -142,11 +145,16 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     server.bootstrap();
 
     let gateway = Gateway::new(Arc::clone(&state), Arc::clone(&metrics), access_log);
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        gateway,
-        "gatehouse proxy",
-    );
+    let limits = &snapshot_limits;
+    let guarded = Guarded {
+        inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
+        limits: ConnLimits {
+            header_read_timeout: limits.header_read_timeout.0,
+            max_connections: limits.max_connections,
+        },
+        active: Arc::new(AtomicUsize::new(0)),
+    };
+    let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     for l in &server_cfg.listen {
         proxy.add_tcp(l);
     }

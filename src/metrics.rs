@@ -28,6 +28,7 @@ pub struct Metrics {
     pub config_version: IntGauge,
     pub access_log_dropped: IntCounter,
     pub jwt_validations: IntCounterVec,
+    pub ratelimit_decisions: IntCounterVec,
     pub plugin_decisions: IntCounterVec,
 }
 
@@ -79,6 +80,13 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let ratelimit_decisions = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_ratelimit_decisions_total",
+                "Rate limit decisions by route and result (allowed, limited, missing_key).",
+            ),
+            &["route", "result"],
+        )?;
         let plugin_decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_plugin_decisions_total",
@@ -103,6 +111,7 @@ impl Metrics {
         registry.register(Box::new(config_version.clone()))?;
         registry.register(Box::new(access_log_dropped.clone()))?;
         registry.register(Box::new(jwt_validations.clone()))?;
+        registry.register(Box::new(ratelimit_decisions.clone()))?;
         registry.register(Box::new(plugin_decisions.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
@@ -118,6 +127,7 @@ impl Metrics {
             config_version,
             access_log_dropped,
             jwt_validations,
+            ratelimit_decisions,
             plugin_decisions,
         })
     }
@@ -144,6 +154,10 @@ impl Metrics {
         match plugin {
             "jwt" => self
                 .jwt_validations
+                .with_label_values(&[route, result])
+                .inc(),
+            "rate_limit" => self
+                .ratelimit_decisions
                 .with_label_values(&[route, result])
                 .inc(),
             _ => self

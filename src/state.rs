@@ -37,6 +37,8 @@ pub struct Route {
     /// The top-level chain followed by the route's own plugins, in config order.
     pub chain: Vec<Arc<dyn Plugin>>,
     pub metrics: RouteMetrics,
+    /// Largest request body accepted, in bytes.
+    pub max_body_size: u64,
 }
 
 /// Settings that apply to every request.
@@ -44,6 +46,12 @@ pub struct Route {
 pub struct ServerSettings {
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
+    /// Largest request head (all header lines), in bytes; larger = 431.
+    pub max_header_size: usize,
+    /// Most header lines accepted; more = 431.
+    pub max_headers: usize,
+    /// No progress on a request body for this long closes the request.
+    pub body_read_timeout: std::time::Duration,
 }
 
 impl ServerSettings {

@@ -6,10 +6,12 @@
 //! third-party plugin implements [`api::PluginSpec`] and is registered explicitly.
 //! See `plugins/README.md` for the contract and a worked example.
 
+pub mod access;
 pub mod api;
 pub mod cors;
 pub mod headers;
 pub mod jwt;
+pub mod rate_limit;
 
 pub use api::{
     BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Registry, Reply, ReplyBody,

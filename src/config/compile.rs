@@ -473,6 +473,41 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             "use stdout, off or a file path",
         ));
     }
+    let lim = &raw.server.limits;
+    for (v, field) in [
+        (lim.max_body_size.0, "max_body_size"),
+        (lim.max_header_size.0, "max_header_size"),
+    ] {
+        if v == 0 {
+            errors.push(ConfigError::new(
+                format!("server.limits.{field}"),
+                "must be greater than 0",
+            ));
+        }
+    }
+    if lim.max_headers == 0 || lim.max_headers > 256 {
+        errors.push(ConfigError::new(
+            "server.limits.max_headers",
+            "must be 1..=256",
+        ));
+    }
+    if lim.max_connections == 0 {
+        errors.push(ConfigError::new(
+            "server.limits.max_connections",
+            "must be at least 1",
+        ));
+    }
+    for (d, field) in [
+        (lim.header_read_timeout, "header_read_timeout"),
+        (lim.body_read_timeout, "body_read_timeout"),
+    ] {
+        if d.0.is_zero() {
+            errors.push(ConfigError::new(
+                format!("server.limits.{field}"),
+                "must be greater than 0",
+            ));
+        }
+    }
     if let Err(e) = parse_listen(&raw.admin.listen) {
         errors.push(ConfigError::new("admin.listen", e));
     }
@@ -498,6 +533,7 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             &p,
             &upstreams,
             &raw_names,
+            raw.server.limits.max_body_size.0,
             &global,
             env,
             &mut ids,
@@ -518,6 +554,10 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         upstreams,
         server: ServerSettings {
             trusted_proxies: trusted,
+            max_header_size: usize::try_from(raw.server.limits.max_header_size.0)
+                .unwrap_or(usize::MAX),
+            max_headers: raw.server.limits.max_headers,
+            body_read_timeout: raw.server.limits.body_read_timeout.0,
         },
         raw,
     })
@@ -529,6 +569,7 @@ fn compile_route(
     p: &str,
     upstreams: &HashMap<String, Arc<UpstreamGroup>>,
     raw_names: &HashSet<&str>,
+    server_max_body: u64,
     global: &[Arc<dyn Plugin>],
     env: &CompileEnv<'_>,
     ids: &mut HashSet<String>,
@@ -607,7 +648,16 @@ fn compile_route(
             );
         }
     }
+    let max_body_size = r.max_body_size.map_or(server_max_body, |s| s.0);
+    if r.max_body_size.is_some_and(|s| s.0 == 0) {
+        errors.push(ConfigError::new(
+            format!("{p}.max_body_size"),
+            "must be greater than 0",
+        ));
+        return None;
+    }
     let route = Route {
+        max_body_size,
         id: r.id.as_str().into(),
         upstream: upstream?,
         strip_prefix,

@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-use super::units::Dur;
+use super::units::{Dur, Size};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -43,6 +43,58 @@ pub struct RawServer {
     /// Unix socket the listening sockets are handed over on during `run --upgrade`.
     #[serde(default = "default_upgrade_sock")]
     pub upgrade_sock: String,
+    #[serde(default)]
+    pub limits: RawLimits,
+}
+
+/// `server.limits:` what a client may send.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawLimits {
+    #[serde(default = "default_max_body")]
+    pub max_body_size: Size,
+    #[serde(default = "default_max_header")]
+    pub max_header_size: Size,
+    #[serde(default = "default_max_headers")]
+    pub max_headers: usize,
+    #[serde(default = "default_header_timeout")]
+    pub header_read_timeout: Dur,
+    #[serde(default = "default_body_timeout")]
+    pub body_read_timeout: Dur,
+    #[serde(default = "default_max_conns")]
+    pub max_connections: usize,
+}
+
+fn default_max_body() -> Size {
+    Size(10 << 20)
+}
+fn default_max_header() -> Size {
+    Size(32 << 10)
+}
+fn default_max_headers() -> usize {
+    100
+}
+fn default_header_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_body_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(30))
+}
+fn default_max_conns() -> usize {
+    10_000
+}
+
+impl Default for RawLimits {
+    fn default() -> Self {
+        RawLimits {
+            max_body_size: default_max_body(),
+            max_header_size: default_max_header(),
+            max_headers: default_max_headers(),
+            header_read_timeout: default_header_timeout(),
+            body_read_timeout: default_body_timeout(),
+            max_connections: default_max_conns(),
+        }
+    }
 }
 
 fn default_listen() -> Vec<String> {
@@ -67,6 +119,7 @@ impl Default for RawServer {
             trusted_proxies: Vec::new(),
             access_log: default_access_log(),
             upgrade_sock: default_upgrade_sock(),
+            limits: RawLimits::default(),
         }
     }
 }
@@ -260,6 +313,9 @@ pub struct RawRoute {
     /// `keep` | `backend` | a fixed host name.
     #[serde(default = "default_upstream_host")]
     pub upstream_host: String,
+    /// Overrides `server.limits.max_body_size` for this route.
+    #[serde(default)]
+    pub max_body_size: Option<Size>,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
 }

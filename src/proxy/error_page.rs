@@ -14,6 +14,7 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
         (HTTPStatus(503), _) => (503, "no healthy backend"),
+        (HTTPStatus(413), _) => (413, "request body too large"),
         (HTTPStatus(code), _) => (*code, "gateway error"),
         (ConnectTimedout, _) | (TLSHandshakeTimedout, _) => (504, "upstream connect timeout"),
         (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, "upstream timeout"),
@@ -34,8 +35,14 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
 pub async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
     let (code, message) = classify(e);
     ctx.error.get_or_insert(message);
-    // only our own pre-upstream refusals leave the connection in a known state
-    let can_reuse = matches!(e.etype(), ErrorType::HTTPStatus(_));
+    // only a refusal before anything was read or sent leaves the connection in a known state
+    let req = s.req_header();
+    let bodyless = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
+        && req
+            .headers
+            .get(http::header::CONTENT_LENGTH)
+            .is_none_or(|v| v.as_bytes() == b"0");
+    let can_reuse = matches!(e.etype(), ErrorType::HTTPStatus(503)) && bodyless;
     if !can_reuse {
         // tell the client (`Connection: close`) instead of closing under its next request
         s.set_keepalive(None);

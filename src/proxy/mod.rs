@@ -1,8 +1,10 @@
 //! The thin `ProxyHttp` implementation: each Pingora hook takes a few lines and delegates to
 //! the router, the plugin [`pipeline`], the upstream group or [`error_page`].
 
+pub mod conn;
 pub mod ctx;
 pub mod error_page;
+pub mod limits;
 pub mod pipeline;
 
 use std::sync::Arc;
@@ -71,18 +73,24 @@ impl ProxyHttp for Gateway {
             _ => ctx::new_request_id(),
         };
         if let Some(peer) = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
-            ctx.peer_ip = peer;
-            let xff = s
-                .req_header()
-                .headers
-                .get("x-forwarded-for")
-                .map(|v| v.as_bytes());
-            ctx.info.client_ip = ctx::client_ip(peer, xff, &ctx.snap.server);
+            ctx.peer_ip = peer.to_canonical();
+            let h = &s.req_header().headers;
+            let xff = h.get("x-forwarded-for").map(|v| v.as_bytes());
+            let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
+            ctx.info.client_ip = ctx::client_ip(peer, xff, fwd, &ctx.snap.server);
         }
+        // no progress on the request body for this long ends the request
+        s.set_read_timeout(Some(ctx.snap.server.body_read_timeout));
         Ok(())
     }
 
     async fn request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        if let Some(reply) = limits::check_head(s.req_header(), &ctx.snap.server) {
+            ctx.error = Some("request head too large");
+            s.set_keepalive(None);
+            pipeline::write_reply(s, reply, ctx).await?;
+            return Ok(true);
+        }
         let idx = {
             let req = s.req_header();
             ctx.snap
@@ -94,6 +102,13 @@ impl ProxyHttp for Gateway {
             pipeline::write_reply(s, Reply::error(404, "no route"), ctx).await?;
             return Ok(true);
         };
+        if let Some(reply) = limits::check_content_length(s.req_header(), route.max_body_size) {
+            ctx.error = Some("request body too large");
+            // the body is not read: the connection cannot be reused
+            s.set_keepalive(None);
+            pipeline::write_reply(s, reply, ctx).await?;
+            return Ok(true);
+        }
         ctx.info.route_id = Arc::clone(&route.id);
         ctx.slots.resize_with(route.chain.len(), || None);
         ctx.route = Some(route);
@@ -105,6 +120,28 @@ impl ProxyHttp for Gateway {
             return Ok(true);
         }
         Ok(false)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _s: &mut Session,
+        body: &mut Option<bytes::Bytes>,
+        _end: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let (Some(b), Some(route)) = (body.as_ref(), &ctx.route) {
+            ctx.body_bytes += b.len() as u64;
+            if ctx.body_bytes > route.max_body_size {
+                // fail before this chunk is forwarded: the upstream never sees the excess
+                *body = None;
+                ctx.error = Some("request body too large");
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(413),
+                    "request body too large",
+                ));
+            }
+        }
+        Ok(())
     }
 
     async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {

@@ -46,6 +46,7 @@ struct Behaviour {
 struct Shared {
     name: String,
     hits: AtomicUsize,
+    body_bytes: AtomicUsize,
     seen: Mutex<Vec<Seen>>,
     behaviour: Behaviour,
 }
@@ -82,7 +83,20 @@ async fn handle(
             .unwrap_or_default(),
         headers,
     };
-    let _ = req.into_body().collect().await;
+    // count body bytes as they arrive, so a body cut short still shows what got through
+    let mut body = req.into_body();
+    while let Some(frame) = body.frame().await {
+        match frame {
+            Ok(f) => {
+                if let Some(d) = f.data_ref() {
+                    shared.body_bytes.fetch_add(d.len(), Ordering::SeqCst);
+                }
+            }
+            Err(_) => {
+                return Ok(Response::new(Full::new(Bytes::new())));
+            }
+        }
+    }
     shared.hits.fetch_add(1, Ordering::SeqCst);
     shared.seen.lock().unwrap().push(seen);
     let delay = shared.behaviour.delay_ms.load(Ordering::SeqCst);
@@ -110,6 +124,7 @@ impl TestUpstream {
             shared: Arc::new(Shared {
                 name: name.to_string(),
                 hits: AtomicUsize::new(0),
+                body_bytes: AtomicUsize::new(0),
                 seen: Mutex::new(Vec::new()),
                 behaviour: Behaviour::default(),
             }),
@@ -178,6 +193,10 @@ impl TestUpstream {
     }
     pub fn hits(&self) -> usize {
         self.shared.hits.load(Ordering::SeqCst)
+    }
+    /// Request body bytes received, complete requests or not.
+    pub fn body_bytes(&self) -> usize {
+        self.shared.body_bytes.load(Ordering::SeqCst)
     }
     pub fn seen(&self) -> Vec<Seen> {
         self.shared.seen.lock().unwrap().clone()
@@ -384,6 +403,19 @@ impl Drop for TestGateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Sends raw bytes on a new connection and reads until the server closes it or `max` passes.
+/// Returns what was read (lossy UTF-8).
+pub async fn raw_exchange(port: u16, data: &[u8], max: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap();
+    s.write_all(data).await.unwrap();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(max, s.read_to_end(&mut out)).await;
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Polls `f` every 50 ms until it returns true or `max` passes; returns the last result.

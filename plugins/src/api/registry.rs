@@ -96,9 +96,11 @@ impl Registry {
     /// A registry with every built-in plugin.
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
+        r.register::<crate::access::Access>();
         r.register::<crate::cors::Cors>();
         r.register::<crate::headers::Headers>();
         r.register::<crate::jwt::Jwt>();
+        r.register::<crate::rate_limit::RateLimit>();
         r
     }
 

@@ -1,0 +1,435 @@
+//! `rate_limit` plugin: limits requests per key over a sliding window, on Pingora's
+//! `pingora-limits` rate estimator.
+//!
+//! ```yaml
+//! - rate_limit:
+//!     key: client_ip          # client_ip | global | "header:X-Api-Key" | "claim:sub"
+//!     requests: 100
+//!     per: 1s                 # 1s, 1m, 1h ... (at least 1s)
+//!     missing_key: reject     # header/claim keys: reject (401) | client_ip (fall back)
+//!     status: 429
+//!     name: per-ip            # policy name in the RateLimit headers (default: the key)
+//!     active_keys: 10000      # sizing of the estimator (memory), see below
+//! ```
+//!
+//! ## How it counts, and its approximation
+//!
+//! Each instance owns a `pingora_limits::rate::Rate`: two count-min sketches (the current and
+//! the previous window of length `per`), each `4 x slots` atomic counters. A request is allowed
+//! when the sliding-window estimate `previous * (1 - elapsed_fraction) + current` plus this
+//! request stays within `requests`; allowed requests are counted, rejected ones are not (so a
+//! client over the limit still gets `requests` per window through, not zero).
+//!
+//! Memory is fixed at build time, whatever the number of distinct keys: `slots` is the next
+//! power of two of `4 x active_keys` (10,000 keys: 65,536 slots, 4 MiB per instance). A
+//! count-min sketch can only over-estimate: a key that shares a counter with busy keys in all
+//! four rows looks busier than it is, which can reject a request early (never admit too many).
+//! With `active_keys` sized to the real number of keys active within one window the chance is
+//! small; `benches/rate_limit.rs` measures it (false rejections per million keys). The window
+//! edges follow Pingora's estimator: the estimate assumes the previous window's requests were
+//! spread evenly.
+//!
+//! ## Headers
+//!
+//! `RateLimit-Policy: "<name>";q=<requests>;w=<seconds>` and `RateLimit: "<name>";r=<remaining>;t=<seconds to reset>`
+//! (draft-ietf-httpapi-ratelimit-headers) on allowed responses and on the rejection, which also
+//! carries `Retry-After` (seconds, rounded up) and the gateway's JSON error body.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderName, HeaderValue};
+use pingora_limits::rate::Rate;
+use serde::Deserialize;
+
+use crate::api::{
+    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader, Result,
+    Session,
+};
+use crate::jwt::VerifiedClaims;
+
+/// The plugin's YAML config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(default = "default_key")]
+    key: String,
+    requests: u64,
+    per: String,
+    #[serde(default)]
+    missing_key: Missing,
+    #[serde(default = "default_status")]
+    status: u16,
+    #[serde(default)]
+    name: Option<String>,
+    #[serde(default = "default_active")]
+    active_keys: usize,
+}
+
+fn default_key() -> String {
+    "client_ip".into()
+}
+fn default_status() -> u16 {
+    429
+}
+fn default_active() -> usize {
+    10_000
+}
+
+/// What to do when the request has no value for a header/claim key.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Missing {
+    /// 401: a request without the key is not let through unlimited.
+    #[default]
+    Reject,
+    /// Limit it by client IP instead.
+    ClientIp,
+}
+
+#[derive(Debug, Clone)]
+enum KeyKind {
+    ClientIp,
+    Global,
+    Header(HeaderName),
+    Claim(String),
+}
+
+/// What is counted. Variants keep an IP fallback apart from a header value with the same bytes.
+#[derive(Hash)]
+enum CountKey<'a> {
+    V4(u32),
+    /// The /64 prefix: an IPv6 client controls the lower 64 bits.
+    V6(u64),
+    Global,
+    Value(&'a [u8]),
+}
+
+fn ip_key(ip: IpAddr) -> CountKey<'static> {
+    match ip.to_canonical() {
+        IpAddr::V4(v4) => CountKey::V4(u32::from(v4)),
+        IpAddr::V6(v6) => CountKey::V6((u128::from(v6) >> 64) as u64),
+    }
+}
+
+/// Per-request result kept for the response headers.
+struct Seen {
+    remaining: u64,
+    reset: u64,
+}
+
+/// The `rate_limit` plugin.
+pub struct RateLimit {
+    kind: KeyKind,
+    limit: u64,
+    per: Duration,
+    missing: Missing,
+    status: u16,
+    rate: Rate,
+    name: String,
+    policy: HeaderValue,
+}
+
+fn parse_per(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let n: u64 = s[..split].parse().ok()?;
+    let secs = match &s[split..] {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86_400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+impl RateLimit {
+    fn rate_header(&self, remaining: u64, reset: u64) -> HeaderValue {
+        HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", self.name))
+            .unwrap_or(HeaderValue::from_static("\"limit\""))
+    }
+
+    /// (allowed, remaining, seconds to the window's end)
+    fn decide(&self, key: &CountKey<'_>) -> (bool, u64, u64) {
+        let per_ms = self.per.as_millis() as f64;
+        let (estimate, left_ms) = self.rate.rate_with(key, |c| {
+            let est = c.prev_samples.max(0) as f64 * (1.0 - c.current_interval_fraction)
+                + c.curr_samples.max(0) as f64;
+            (est, (1.0 - c.current_interval_fraction) * per_ms)
+        });
+        let reset = ((left_ms / 1000.0).ceil() as u64).max(1);
+        if estimate + 1.0 > self.limit as f64 {
+            return (false, 0, reset);
+        }
+        self.rate.observe(key, 1);
+        let remaining = (self.limit as f64 - estimate - 1.0).max(0.0).floor() as u64;
+        (true, remaining, reset)
+    }
+}
+
+#[async_trait]
+impl Plugin for RateLimit {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
+        let ip = cx.info.client_ip;
+        let value: Option<Vec<u8>> = match &self.kind {
+            KeyKind::ClientIp | KeyKind::Global => None,
+            KeyKind::Header(h) => s.req_header().headers.get(h).map(|v| v.as_bytes().to_vec()),
+            KeyKind::Claim(c) => cx.info.ext.get::<VerifiedClaims>().and_then(|vc| {
+                vc.0.get(c).and_then(|v| match v {
+                    serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
+                    serde_json::Value::Null => None,
+                    other => Some(other.to_string().into_bytes()),
+                })
+            }),
+        };
+        let key = match (&self.kind, &value) {
+            (KeyKind::ClientIp, _) => ip_key(ip),
+            (KeyKind::Global, _) => CountKey::Global,
+            (_, Some(v)) if !v.is_empty() => CountKey::Value(v),
+            (_, _) => match self.missing {
+                Missing::ClientIp => ip_key(ip),
+                Missing::Reject => {
+                    cx.info.record(Self::KIND, "missing_key");
+                    return Ok(Flow::Respond(Reply::error(401, "missing rate limit key")));
+                }
+            },
+        };
+        let (allowed, remaining, reset) = self.decide(&key);
+        if !allowed {
+            cx.info.record(Self::KIND, "limited");
+            let reply = Reply::error(self.status, "rate limit exceeded")
+                .with_header(http::header::RETRY_AFTER, HeaderValue::from(reset))
+                .with_header(
+                    HeaderName::from_static("ratelimit-policy"),
+                    self.policy.clone(),
+                )
+                .with_header(
+                    HeaderName::from_static("ratelimit"),
+                    self.rate_header(0, reset),
+                );
+            return Ok(Flow::Respond(reply));
+        }
+        cx.info.record(Self::KIND, "allowed");
+        cx.set_state(Seen { remaining, reset });
+        Ok(Flow::Continue)
+    }
+
+    async fn response_filter(
+        &self,
+        _s: &mut Session,
+        resp: &mut ResponseHeader,
+        cx: &mut PluginCtx<'_>,
+    ) -> Result<()> {
+        if let Some(seen) = cx.state::<Seen>() {
+            resp.append_header(
+                HeaderName::from_static("ratelimit-policy"),
+                self.policy.clone(),
+            )?;
+            resp.append_header(
+                HeaderName::from_static("ratelimit"),
+                self.rate_header(seen.remaining, seen.reset),
+            )?;
+        }
+        Ok(())
+    }
+}
+
+impl PluginSpec for RateLimit {
+    const KIND: &'static str = "rate_limit";
+    type Config = RateLimitConfig;
+
+    fn build(c: RateLimitConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+        let kind = match c.key.split_once(':') {
+            None if c.key == "client_ip" => KeyKind::ClientIp,
+            None if c.key == "global" => KeyKind::Global,
+            Some(("header", h)) => KeyKind::Header(
+                HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| BuildError::at("key", format!("invalid header name `{h}`")))?,
+            ),
+            Some(("claim", n)) if !n.trim().is_empty() => KeyKind::Claim(n.trim().to_string()),
+            _ => {
+                return Err(BuildError::at(
+                    "key",
+                    format!("unknown key `{}`: use client_ip, global, \"header:<Name>\" or \"claim:<name>\"", c.key),
+                ))
+            }
+        };
+        if c.requests == 0 {
+            return Err(BuildError::at("requests", "must be at least 1"));
+        }
+        let per = parse_per(&c.per).ok_or_else(|| {
+            BuildError::at(
+                "per",
+                format!(
+                    "invalid window `{}`: use whole seconds, minutes or hours, e.g. \"1s\", \"1m\"",
+                    c.per
+                ),
+            )
+        })?;
+        if per < Duration::from_secs(1) || per > Duration::from_secs(86_400) {
+            return Err(BuildError::at("per", "must be between 1s and 24h"));
+        }
+        if !(400..=599).contains(&c.status) {
+            return Err(BuildError::at("status", "must be a 4xx or 5xx status"));
+        }
+        if c.active_keys == 0 || c.active_keys > 10_000_000 {
+            return Err(BuildError::at("active_keys", "must be 1..=10000000"));
+        }
+        let rate = match kind {
+            // one key: no sketch needed
+            KeyKind::Global => Rate::new_with_estimator_config(per, 1, 1),
+            _ => Rate::new_with_estimator_config(per, 4, (c.active_keys * 4).next_power_of_two()),
+        };
+        let name = c.name.unwrap_or_else(|| c.key.clone());
+        if name.is_empty()
+            || !name
+                .bytes()
+                .all(|b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+        {
+            return Err(BuildError::at(
+                "name",
+                "printable ASCII without quotes or backslashes",
+            ));
+        }
+        let policy =
+            HeaderValue::from_str(&format!("\"{name}\";q={};w={}", c.requests, per.as_secs()))
+                .map_err(|_| BuildError::at("name", "not a valid header value"))?;
+        Ok(RateLimit {
+            kind,
+            limit: c.requests,
+            per,
+            missing: c.missing_key,
+            status: c.status,
+            rate,
+            name,
+            policy,
+        })
+    }
+}
+
+impl RateLimit {
+    /// Decides for one client IP (benchmarks: `true` = allowed).
+    pub fn check_ip(&self, ip: IpAddr) -> bool {
+        self.decide(&ip_key(ip)).0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::testing::{session_from_bytes, test_info};
+
+    fn build(yaml: &str) -> std::result::Result<RateLimit, BuildError> {
+        let c: RateLimitConfig =
+            serde_yaml::from_str(yaml).map_err(|e| BuildError::new(e.to_string()))?;
+        RateLimit::build(c, &BuildEnv::default())
+    }
+
+    async fn run(p: &RateLimit, ip: &str, headers: &str) -> (u16, Vec<(String, String)>) {
+        let raw = format!("GET / HTTP/1.1\r\nHost: a\r\n{headers}\r\n");
+        let mut s = session_from_bytes(raw.as_bytes()).await.unwrap();
+        let mut info = test_info();
+        info.client_ip = ip.parse().unwrap();
+        let mut slot = None;
+        let mut cx = PluginCtx::new(&mut info, &mut slot);
+        match p.request_filter(&mut s, &mut cx).await.unwrap() {
+            Flow::Respond(r) => (
+                r.status,
+                r.headers
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                    .collect(),
+            ),
+            Flow::Continue => {
+                let mut resp = ResponseHeader::build(200, None).unwrap();
+                p.response_filter(&mut s, &mut resp, &mut cx).await.unwrap();
+                (
+                    200,
+                    resp.headers
+                        .iter()
+                        .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+                        .collect(),
+                )
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn limits_per_ip_and_ipv6_prefix() {
+        let p = build("key: client_ip\nrequests: 3\nper: 1m\nname: per-ip").unwrap();
+        for i in 0..3 {
+            let (st, h) = run(&p, "192.0.2.7", "").await;
+            assert_eq!(st, 200);
+            assert!(
+                h.contains(&("ratelimit".into(), format!("\"per-ip\";r={};t=60", 2 - i))),
+                "{h:?}"
+            );
+            assert!(h.contains(&("ratelimit-policy".into(), "\"per-ip\";q=3;w=60".into())));
+        }
+        let (st, h) = run(&p, "192.0.2.7", "").await;
+        assert_eq!(st, 429);
+        assert!(h
+            .iter()
+            .any(|(k, v)| k == "retry-after" && v.parse::<u64>().unwrap() >= 1));
+        assert!(h.contains(&("ratelimit".into(), "\"per-ip\";r=0;t=60".into())));
+        assert_eq!(
+            run(&p, "192.0.2.8", "").await.0,
+            200,
+            "another client is not limited"
+        );
+        // IPv6: the /64 is one client
+        for _ in 0..3 {
+            assert_eq!(run(&p, "2001:db8:1:2::1", "").await.0, 200);
+        }
+        assert_eq!(run(&p, "2001:db8:1:2:ffff::9", "").await.0, 429);
+        assert_eq!(run(&p, "2001:db8:1:3::1", "").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn header_keys_and_missing_key() {
+        let p = build("key: \"header:X-Api-Key\"\nrequests: 1\nper: 1m").unwrap();
+        assert_eq!(run(&p, "192.0.2.1", "X-Api-Key: a\r\n").await.0, 200);
+        assert_eq!(
+            run(&p, "192.0.2.2", "X-Api-Key: a\r\n").await.0,
+            429,
+            "same key from another IP"
+        );
+        assert_eq!(run(&p, "192.0.2.1", "X-Api-Key: b\r\n").await.0, 200);
+        assert_eq!(run(&p, "192.0.2.1", "").await.0, 401);
+        let q = build("key: \"header:X-Api-Key\"\nrequests: 1\nper: 1m\nmissing_key: client_ip")
+            .unwrap();
+        assert_eq!(run(&q, "192.0.2.1", "").await.0, 200);
+        assert_eq!(run(&q, "192.0.2.1", "").await.0, 429);
+        assert_eq!(run(&q, "192.0.2.9", "").await.0, 200);
+    }
+
+    #[test]
+    fn config_errors() {
+        assert_eq!(build("requests: 1\nper: 100ms").err().unwrap().path, "per");
+        assert_eq!(
+            build("requests: 0\nper: 1s").err().unwrap().path,
+            "requests"
+        );
+        assert_eq!(
+            build("key: cookie:x\nrequests: 1\nper: 1s")
+                .err()
+                .unwrap()
+                .path,
+            "key"
+        );
+        assert_eq!(
+            build("requests: 1\nper: 1s\nstatus: 200")
+                .err()
+                .unwrap()
+                .path,
+            "status"
+        );
+        assert!(build("requests: 1\nper: 1s\nmissing_key: unlimited").is_err());
+    }
+}

@@ -1,0 +1,294 @@
+//! Connection-level guards around the proxy's Pingora app: a cap on concurrent connections
+//! (beyond it new connections are closed at once) and a deadline for each request head
+//! (slowloris): Pingora only bounds each single read, so a client trickling one byte at a time
+//! could hold a connection open indefinitely.
+//!
+//! The deadline is enforced by wrapping the accepted stream ([`HeadDeadline`]): while a request
+//! head is being read, a read that would pass the deadline fails with `TimedOut`, which makes
+//! Pingora drop the connection. The head ends at the first `\r\n\r\n`; a new head starts with
+//! the first bytes read after the gateway wrote a response. (A request body sent only after a
+//! `100 Continue` therefore counts as a head until its first blank line; such uploads must
+//! start within `header_read_timeout`.)
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use pingora_core::apps::ServerApp;
+use pingora_core::protocols::{
+    GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
+    TimingDigest, UniqueID, UniqueIDType,
+};
+use pingora_core::server::ShutdownWatch;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::time::{Instant, Sleep};
+
+/// Limits applied per connection.
+#[derive(Debug, Clone, Copy)]
+pub struct ConnLimits {
+    /// The whole request head must arrive within this time.
+    pub header_read_timeout: Duration,
+    /// Connections served at once by this process; more are closed on accept.
+    pub max_connections: usize,
+}
+
+/// Wraps the proxy app with the connection limits.
+pub struct Guarded<A> {
+    pub inner: Arc<A>,
+    pub limits: ConnLimits,
+    pub active: Arc<AtomicUsize>,
+}
+
+struct ActiveGuard(Arc<AtomicUsize>);
+
+impl Drop for ActiveGuard {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[async_trait]
+impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+    async fn process_new(
+        self: &Arc<Self>,
+        session: Stream,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
+        let before = self.active.fetch_add(1, Ordering::Relaxed);
+        let _guard = ActiveGuard(Arc::clone(&self.active));
+        if before >= self.limits.max_connections {
+            log::debug!(
+                "max_connections ({}) reached, closing a new connection",
+                self.limits.max_connections
+            );
+            return None;
+        }
+        let wrapped: Stream = Box::new(HeadDeadline::new(session, self.limits.header_read_timeout));
+        self.inner.process_new(wrapped, shutdown).await
+    }
+
+    async fn cleanup(&self) {
+        self.inner.cleanup().await
+    }
+}
+
+/// A stream that fails reads of a request head that takes longer than its deadline.
+pub struct HeadDeadline {
+    inner: Stream,
+    timeout: Duration,
+    /// `Some` while a head is being read.
+    deadline: Option<Pin<Box<Sleep>>>,
+    /// how many bytes of `\r\n\r\n` the previous read ended with
+    matched: u8,
+    wrote_since_head: bool,
+}
+
+impl fmt::Debug for HeadDeadline {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HeadDeadline")
+            .field("inner", &self.inner)
+            .finish()
+    }
+}
+
+impl HeadDeadline {
+    /// Wraps `inner`; the first head's deadline starts now.
+    pub fn new(inner: Stream, timeout: Duration) -> Self {
+        HeadDeadline {
+            inner,
+            timeout,
+            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            matched: 0,
+            wrote_since_head: false,
+        }
+    }
+
+    /// Scans newly read bytes for the end of the head.
+    fn scan(&mut self, data: &[u8]) {
+        const END: &[u8; 4] = b"\r\n\r\n";
+        for &b in data {
+            if b == END[self.matched as usize] {
+                self.matched += 1;
+                if self.matched == 4 {
+                    self.deadline = None;
+                    self.matched = 0;
+                    self.wrote_since_head = false;
+                    return;
+                }
+            } else {
+                self.matched = u8::from(b == b'\r');
+            }
+        }
+    }
+}
+
+impl AsyncRead for HeadDeadline {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if let Some(d) = this.deadline.as_mut() {
+            if d.as_mut().poll(cx).is_ready() {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "request head not received in time",
+                )));
+            }
+        }
+        let before = buf.filled().len();
+        let r = Pin::new(&mut this.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = &r {
+            let n = buf.filled().len() - before;
+            if n > 0 {
+                if this.deadline.is_none() && this.wrote_since_head {
+                    // first bytes of the next request on this connection
+                    this.deadline = Some(Box::pin(tokio::time::sleep_until(
+                        Instant::now() + this.timeout,
+                    )));
+                    this.matched = 0;
+                }
+                if this.deadline.is_some() {
+                    let filled = buf.filled()[before..].to_vec();
+                    this.scan(&filled);
+                }
+            }
+        }
+        r
+    }
+}
+
+use std::future::Future;
+
+impl AsyncWrite for HeadDeadline {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.deadline.is_none() {
+            this.wrote_since_head = true;
+        }
+        Pin::new(&mut this.inner).poll_write(cx, data)
+    }
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.deadline.is_none() {
+            this.wrote_since_head = true;
+        }
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
+#[async_trait]
+impl Shutdown for HeadDeadline {
+    async fn shutdown(&mut self) {
+        self.inner.shutdown().await
+    }
+}
+
+impl UniqueID for HeadDeadline {
+    fn id(&self) -> UniqueIDType {
+        self.inner.id()
+    }
+}
+
+impl Ssl for HeadDeadline {}
+
+impl GetTimingDigest for HeadDeadline {
+    fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {
+        self.inner.get_timing_digest()
+    }
+    fn get_read_pending_time(&self) -> Duration {
+        self.inner.get_read_pending_time()
+    }
+    fn get_write_pending_time(&self) -> Duration {
+        self.inner.get_write_pending_time()
+    }
+}
+
+impl GetProxyDigest for HeadDeadline {
+    fn get_proxy_digest(&self) -> Option<Arc<pingora_core::protocols::raw_connect::ProxyDigest>> {
+        self.inner.get_proxy_digest()
+    }
+}
+
+impl GetSocketDigest for HeadDeadline {
+    fn get_socket_digest(&self) -> Option<Arc<SocketDigest>> {
+        self.inner.get_socket_digest()
+    }
+    fn set_socket_digest(&mut self, d: SocketDigest) {
+        self.inner.set_socket_digest(d)
+    }
+}
+
+#[async_trait]
+impl Peek for HeadDeadline {
+    async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        self.inner.try_peek(buf).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test(start_paused = true)]
+    async fn slow_head_times_out_complete_head_does_not() {
+        let (client, server) = tokio::io::duplex(1024);
+        let mut s = HeadDeadline::new(Box::new(server), Duration::from_secs(5));
+        let mut client = client;
+        client
+            .write_all(b"GET / HTTP/1.1\r\nHost: a\r\n")
+            .await
+            .unwrap();
+        let mut buf = [0u8; 256];
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        tokio::time::advance(Duration::from_secs(6)).await;
+        let e = s.read(&mut buf).await.unwrap_err();
+        assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
+
+        let (client, server) = tokio::io::duplex(1024);
+        let mut s = HeadDeadline::new(Box::new(server), Duration::from_secs(5));
+        let mut client = client;
+        client
+            .write_all(b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\n\r")
+            .await
+            .unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        client.write_all(b"\n").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 1);
+        // head complete: a slow body is not this guard's business
+        tokio::time::advance(Duration::from_secs(60)).await;
+        client.write_all(b"abc").await.unwrap();
+        assert_eq!(s.read(&mut buf).await.unwrap(), 3);
+        // after a response, the next head gets a fresh deadline from its first byte
+        s.write_all(b"HTTP/1.1 200 OK\r\n\r\n").await.unwrap();
+        tokio::time::advance(Duration::from_secs(60)).await;
+        client.write_all(b"GET /2 HTTP/1.1\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+        tokio::time::advance(Duration::from_secs(4)).await;
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        assert!(s.read(&mut buf).await.unwrap() > 0);
+    }
+}

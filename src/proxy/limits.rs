@@ -1,0 +1,65 @@
+//! Request limits checked before routing and before the body is read: the request head's size
+//! and header count (431), and a declared `Content-Length` over the route's `max_body_size`
+//! (413). A chunked body over the limit is stopped in `request_body_filter` as it arrives.
+
+use gatehouse_plugins::Reply;
+use pingora_http::RequestHeader;
+
+use crate::state::ServerSettings;
+
+/// 431 when the head has more header lines or more bytes than allowed.
+pub fn check_head(req: &RequestHeader, limits: &ServerSettings) -> Option<Reply> {
+    if req.headers.len() > limits.max_headers {
+        return Some(Reply::error(431, "too many request headers"));
+    }
+    let mut size = req.method.as_str().len() + req.uri.to_string().len() + 12;
+    for (name, value) in req.headers.iter() {
+        size += name.as_str().len() + value.len() + 4;
+    }
+    (size > limits.max_header_size).then(|| Reply::error(431, "request header fields too large"))
+}
+
+/// 413 when `Content-Length` says the body is larger than `max`.
+pub fn check_content_length(req: &RequestHeader, max: u64) -> Option<Reply> {
+    let len = req.headers.get(http::header::CONTENT_LENGTH)?;
+    let len: u64 = std::str::from_utf8(len.as_bytes())
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (len > max).then(|| Reply::error(413, "request body too large"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn head_limits() {
+        let limits = ServerSettings {
+            max_header_size: 200,
+            max_headers: 3,
+            ..ServerSettings::default()
+        };
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        req.insert_header("a", "1").unwrap();
+        assert!(check_head(&req, &limits).is_none());
+        req.insert_header("b", "x".repeat(300)).unwrap();
+        assert_eq!(check_head(&req, &limits).unwrap().status, 431);
+        let mut req = RequestHeader::build("GET", b"/", None).unwrap();
+        for h in ["a", "b", "c", "d"] {
+            req.insert_header(h, "1").unwrap();
+        }
+        assert_eq!(check_head(&req, &limits).unwrap().status, 431);
+    }
+
+    #[test]
+    fn content_length() {
+        let mut req = RequestHeader::build("POST", b"/", None).unwrap();
+        assert!(check_content_length(&req, 10).is_none());
+        req.insert_header("content-length", "10").unwrap();
+        assert!(check_content_length(&req, 10).is_none());
+        req.insert_header("content-length", "11").unwrap();
+        assert_eq!(check_content_length(&req, 10).unwrap().status, 413);
+    }
+}
