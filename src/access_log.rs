@@ -32,6 +32,9 @@ pub struct Entry<'a> {
     /// Why the gateway answered itself (`no route`, `no healthy backend`, ...), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,
+    /// Cache result (`hit`, `miss`, `stale`, ...) on caching routes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache: Option<&'a str>,
     /// Plugin decisions, e.g. `{"jwt": "expired"}`.
     #[serde(skip_serializing_if = "Outcomes::is_empty")]
     pub plugins: Outcomes<'a>,

@@ -1,21 +1,38 @@
 //! The admin listener (its own socket, loopback by default): `GET /health` (200 while the
 //! process serves), `GET /ready` (200 once the config is loaded and the first health round is
-//! done, 503 before), `GET /metrics` (Prometheus text).
+//! done, 503 before), `GET /metrics` (Prometheus text), `POST /cache/purge`.
+//!
+//! Mutating endpoints need `Authorization: Bearer <admin.token>` when a token is configured.
 
 use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
+use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
+use pingora_cache::CacheKey;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
+use crate::proxy::cache::CacheRuntime;
 use crate::state::SharedState;
+
+/// Largest admin request body read.
+const MAX_BODY: usize = 64 * 1024;
 
 /// The admin HTTP app.
 pub struct AdminApp {
     pub state: Arc<SharedState>,
     pub metrics: Arc<Metrics>,
+    pub cache: CacheRuntime,
+}
+
+/// One admin request, as the router needs it.
+pub struct AdminRequest<'a> {
+    pub method: &'a http::Method,
+    pub path: &'a str,
+    pub authorization: Option<&'a [u8]>,
+    pub body: &'a [u8],
 }
 
 fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<u8>> {
@@ -30,19 +47,108 @@ fn reply(status: StatusCode, content_type: &str, body: Vec<u8>) -> Response<Vec<
     r
 }
 
+fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
+    reply(status, "application/json", v.to_string().into_bytes())
+}
+
 fn json_error(status: StatusCode, msg: &str) -> Response<Vec<u8>> {
-    reply(
-        status,
-        "application/json",
-        serde_json::json!({ "error": msg }).to_string().into_bytes(),
-    )
+    json(status, serde_json::json!({ "error": msg }))
+}
+
+/// Compares without an early exit, so response time does not leak the token.
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Splits `http(s)://host[:port]/path?q` into (host, explicit port, path+query).
+fn parse_url(url: &str) -> Option<(String, Option<u16>, String)> {
+    let (scheme, rest) = url.split_once("://")?;
+    if scheme != "http" && scheme != "https" {
+        return None;
+    }
+    let (authority, pq) = match rest.find('/') {
+        Some(i) => (&rest[..i], rest[i..].to_string()),
+        None => (rest, "/".to_string()),
+    };
+    let (host, port) = match authority.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') || h.starts_with('[') => (h, Some(p.parse().ok()?)),
+        _ => (authority, None),
+    };
+    let host = host
+        .trim_start_matches('[')
+        .trim_end_matches(']')
+        .to_ascii_lowercase();
+    (!host.is_empty()).then_some((host, port, pq))
 }
 
 impl AdminApp {
+    fn authorized(&self, auth: Option<&[u8]>) -> bool {
+        let snap = self.state.snapshot();
+        let token = snap.raw.admin.token.as_bytes();
+        if token.is_empty() {
+            return true;
+        }
+        let Some(given) = auth.and_then(|a| a.strip_prefix(b"Bearer ")) else {
+            return false;
+        };
+        constant_time_eq(given, token)
+    }
+
+    fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Purge {
+            url: String,
+        }
+        let Ok(p) = serde_json::from_slice::<Purge>(body) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "expected {\"url\": \"http://host/path?query\"}",
+            );
+        };
+        let Some((host, port, pq)) = parse_url(&p.url) else {
+            return json_error(
+                StatusCode::BAD_REQUEST,
+                "url must be http(s)://host[:port]/path",
+            );
+        };
+        // a URL without a port may have been cached under any listener's port
+        let mut ports: Vec<u16> = match port {
+            Some(p) => vec![p],
+            None => {
+                let snap = self.state.snapshot();
+                let mut v = vec![80, 443];
+                v.extend(
+                    snap.raw
+                        .server
+                        .listen
+                        .iter()
+                        .filter_map(|l| l.parse::<std::net::SocketAddr>().ok())
+                        .map(|a| a.port()),
+                );
+                v
+            }
+        };
+        ports.sort_unstable();
+        ports.dedup();
+        let mut purged = 0usize;
+        for port in ports {
+            let key = CacheKey::new(format!("GET http://{host}:{port}{pq}"), "");
+            for compact in self.cache.store.purge_all_variants(&key) {
+                self.cache
+                    .eviction
+                    .remove(CacheEntryKeyRef::KeyOnly(&compact));
+                purged += 1;
+            }
+        }
+        json(StatusCode::OK, serde_json::json!({ "purged": purged }))
+    }
+
     /// Routes one admin request.
-    pub fn handle(&self, method: &http::Method, path: &str) -> Response<Vec<u8>> {
-        let get = method == http::Method::GET || method == http::Method::HEAD;
-        match path {
+    pub fn handle(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
+        let get = r.method == http::Method::GET || r.method == http::Method::HEAD;
+        let post = r.method == http::Method::POST;
+        match r.path {
             "/health" | "/ready" | "/metrics" if !get => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
@@ -55,11 +161,28 @@ impl AdminApp {
                 "text/plain",
                 b"not ready\n".to_vec(),
             ),
-            "/metrics" => reply(
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.metrics.encode(),
-            ),
+            "/metrics" => {
+                self.metrics
+                    .cache_size
+                    .set(i64::try_from(self.cache.store.size_bytes()).unwrap_or(i64::MAX));
+                reply(
+                    StatusCode::OK,
+                    "text/plain; version=0.0.4; charset=utf-8",
+                    self.metrics.encode(),
+                )
+            }
+            "/cache/purge" if !post => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            "/cache/purge" if !self.authorized(r.authorization) => {
+                let mut resp = json_error(StatusCode::UNAUTHORIZED, "admin token required");
+                resp.headers_mut().insert(
+                    http::header::WWW_AUTHENTICATE,
+                    http::HeaderValue::from_static("Bearer"),
+                );
+                resp
+            }
+            "/cache/purge" => self.purge(r.body),
             _ => json_error(StatusCode::NOT_FOUND, "not found"),
         }
     }
@@ -69,9 +192,54 @@ impl AdminApp {
 impl ServeHttp for AdminApp {
     async fn response(&self, s: &mut ServerSession) -> Response<Vec<u8>> {
         let req = s.req_header();
-        let (method, path) = (req.method.clone(), req.uri.path().to_string());
-        // drain a request body, if any, so keep-alive works
-        while let Ok(Some(_)) = s.read_request_body().await {}
-        self.handle(&method, &path)
+        let method = req.method.clone();
+        let path = req.uri.path().to_string();
+        let auth = req
+            .headers
+            .get(http::header::AUTHORIZATION)
+            .map(|v| v.as_bytes().to_vec());
+        let mut body = Vec::new();
+        loop {
+            match s.read_request_body().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > MAX_BODY {
+                        return json_error(StatusCode::PAYLOAD_TOO_LARGE, "request body too large");
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => break,
+                Err(_) => {
+                    return json_error(StatusCode::BAD_REQUEST, "cannot read the request body")
+                }
+            }
+        }
+        self.handle(&AdminRequest {
+            method: &method,
+            path: &path,
+            authorization: auth.as_deref(),
+            body: &body,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn urls() {
+        assert_eq!(
+            parse_url("https://Example.com/a?b=1"),
+            Some(("example.com".into(), None, "/a?b=1".into()))
+        );
+        assert_eq!(
+            parse_url("http://h:8080"),
+            Some(("h".into(), Some(8080), "/".into()))
+        );
+        assert_eq!(parse_url("ftp://h/"), None);
+        assert_eq!(parse_url("http://h:x/"), None);
+        assert!(constant_time_eq(b"abc", b"abc"));
+        assert!(!constant_time_eq(b"abc", b"abd"));
+        assert!(!constant_time_eq(b"abc", b"ab"));
     }
 }

@@ -16,6 +16,7 @@ use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
 use crate::config::{self, CompileEnv, ConfigErrors};
 use crate::metrics::Metrics;
+use crate::proxy::cache::CacheRuntime;
 use crate::proxy::conn::{ConnLimits, Guarded};
 use crate::proxy::Gateway;
 use crate::state::{SharedState, Snapshot};
@@ -144,7 +145,11 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     let mut server = Server::new_with_opt_and_conf(opt, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(Arc::clone(&state), Arc::clone(&metrics), access_log);
+    let cache = CacheRuntime::new(
+        usize::try_from(server_cfg.cache.max_size.0).unwrap_or(usize::MAX),
+        server_cfg.cache.lock_timeout.0,
+    );
+    let gateway = Gateway::new(cache, Arc::clone(&state), Arc::clone(&metrics), access_log);
     let limits = &snapshot_limits;
     let guarded = Guarded {
         inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
@@ -163,6 +168,7 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
         AdminApp {
             state: Arc::clone(&state),
             metrics: Arc::clone(&metrics),
+            cache,
         },
     );
     admin.threads = Some(1);

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub jwt_validations: IntCounterVec,
     pub ratelimit_decisions: IntCounterVec,
     pub plugin_decisions: IntCounterVec,
+    pub cache_requests: IntCounterVec,
+    pub cache_size: IntGauge,
 }
 
 impl Metrics {
@@ -87,6 +89,17 @@ impl Metrics {
             ),
             &["route", "result"],
         )?;
+        let cache_requests = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_cache_requests_total",
+                "Requests on caching routes by route and result (hit, miss, stale, expired, bypass, revalidated).",
+            ),
+            &["route", "result"],
+        )?;
+        let cache_size = IntGauge::new(
+            "gatehouse_cache_size_bytes",
+            "Bytes held by the response cache (bodies and headers).",
+        )?;
         let plugin_decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_plugin_decisions_total",
@@ -113,6 +126,8 @@ impl Metrics {
         registry.register(Box::new(jwt_validations.clone()))?;
         registry.register(Box::new(ratelimit_decisions.clone()))?;
         registry.register(Box::new(plugin_decisions.clone()))?;
+        registry.register(Box::new(cache_requests.clone()))?;
+        registry.register(Box::new(cache_size.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -129,6 +144,8 @@ impl Metrics {
             jwt_validations,
             ratelimit_decisions,
             plugin_decisions,
+            cache_requests,
+            cache_size,
         })
     }
 

@@ -405,15 +405,7 @@ impl PluginSpec for Cors {
 }
 
 fn parse_secs(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = s[..split].parse().ok()?;
-    match &s[split..] {
-        "s" => Some(n),
-        "m" => Some(n * 60),
-        "h" => Some(n * 3600),
-        _ => None,
-    }
+    crate::api::units::parse_duration(s).map(|d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -8,6 +8,7 @@
 
 pub mod access;
 pub mod api;
+pub mod cache;
 pub mod cors;
 pub mod headers;
 pub mod jwt;

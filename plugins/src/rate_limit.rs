@@ -133,17 +133,7 @@ pub struct RateLimit {
 }
 
 fn parse_per(s: &str) -> Option<Duration> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = s[..split].parse().ok()?;
-    let secs = match &s[split..] {
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
+    crate::api::units::parse_duration(s)
 }
 
 impl RateLimit {

@@ -508,6 +508,18 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             ));
         }
     }
+    if raw.server.cache.max_size.0 == 0 {
+        errors.push(ConfigError::new(
+            "server.cache.max_size",
+            "must be greater than 0",
+        ));
+    }
+    if raw.server.cache.lock_timeout.0.is_zero() {
+        errors.push(ConfigError::new(
+            "server.cache.lock_timeout",
+            "must be greater than 0",
+        ));
+    }
     if let Err(e) = parse_listen(&raw.admin.listen) {
         errors.push(ConfigError::new("admin.listen", e));
     }

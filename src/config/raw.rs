@@ -45,6 +45,36 @@ pub struct RawServer {
     pub upgrade_sock: String,
     #[serde(default)]
     pub limits: RawLimits,
+    #[serde(default)]
+    pub cache: RawCache,
+}
+
+/// `server.cache:` the response cache shared by every route with a `cache` plugin.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCache {
+    /// Memory bound for all cached objects together (bodies and headers).
+    #[serde(default = "default_cache_size")]
+    pub max_size: Size,
+    /// How long concurrent misses for one key wait for the request that fetches it.
+    #[serde(default = "default_lock_timeout")]
+    pub lock_timeout: Dur,
+}
+
+fn default_cache_size() -> Size {
+    Size(256 << 20)
+}
+fn default_lock_timeout() -> Dur {
+    Dur(std::time::Duration::from_secs(3))
+}
+
+impl Default for RawCache {
+    fn default() -> Self {
+        RawCache {
+            max_size: default_cache_size(),
+            lock_timeout: default_lock_timeout(),
+        }
+    }
 }
 
 /// `server.limits:` what a client may send.
@@ -120,6 +150,7 @@ impl Default for RawServer {
             access_log: default_access_log(),
             upgrade_sock: default_upgrade_sock(),
             limits: RawLimits::default(),
+            cache: RawCache::default(),
         }
     }
 }

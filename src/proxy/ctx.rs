@@ -36,6 +36,12 @@ pub struct Ctx {
     pub error: Option<&'static str>,
     /// Request body bytes received so far.
     pub body_bytes: u64,
+    /// The route's cache intent, when caching is enabled for this request.
+    pub cache: Option<gatehouse_plugins::cache::CacheIntent>,
+    /// Whether the response is being stored.
+    pub cache_stored: bool,
+    /// Cache result for metrics and the access log.
+    pub cache_result: Option<&'static str>,
 }
 
 impl Ctx {
@@ -53,6 +59,9 @@ impl Ctx {
             failed: Vec::new(),
             error: None,
             body_bytes: 0,
+            cache: None,
+            cache_stored: false,
+            cache_result: None,
         }
     }
 }

@@ -1,6 +1,8 @@
 //! The thin `ProxyHttp` implementation: each Pingora hook takes a few lines and delegates to
 //! the router, the plugin [`pipeline`], the upstream group or [`error_page`].
 
+pub mod cache;
+pub mod cache_store;
 pub mod conn;
 pub mod ctx;
 pub mod error_page;
@@ -30,6 +32,7 @@ const CONNECT_RETRIES: usize = 2;
 /// The gateway's proxy logic.
 pub struct Gateway {
     pub state: Arc<SharedState>,
+    pub cache: cache::CacheRuntime,
     pub metrics: Arc<Metrics>,
     pub access_log: Arc<AccessLog>,
     /// Series for requests that matched no route.
@@ -38,9 +41,15 @@ pub struct Gateway {
 
 impl Gateway {
     /// A gateway over `state`.
-    pub fn new(state: Arc<SharedState>, metrics: Arc<Metrics>, access_log: Arc<AccessLog>) -> Self {
+    pub fn new(
+        cache: cache::CacheRuntime,
+        state: Arc<SharedState>,
+        metrics: Arc<Metrics>,
+        access_log: Arc<AccessLog>,
+    ) -> Self {
         let unmatched = RouteMetrics::new(&metrics, "none");
         Gateway {
+            cache,
             state,
             metrics,
             access_log,
@@ -142,6 +151,44 @@ impl ProxyHttp for Gateway {
             }
         }
         Ok(())
+    }
+
+    fn request_cache_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        cache::request_cache_filter(&self.cache, s, ctx);
+        Ok(())
+    }
+
+    fn cache_key_callback(&self, s: &Session, _ctx: &mut Ctx) -> Result<pingora_cache::CacheKey> {
+        Ok(cache::cache_key(s))
+    }
+
+    fn response_cache_filter(
+        &self,
+        s: &Session,
+        resp: &ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<pingora_cache::RespCacheable> {
+        Ok(cache::response_cache_filter(s, resp, ctx))
+    }
+
+    fn cache_vary_filter(
+        &self,
+        meta: &pingora_cache::CacheMeta,
+        ctx: &mut Ctx,
+        req: &RequestHeader,
+    ) -> Option<pingora_cache::key::HashBinary> {
+        cache::cache_vary_filter(meta, ctx, req)
+    }
+
+    fn should_serve_stale(&self, s: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {
+        // inside the entry's stale windows (checked by Pingora): always during revalidation,
+        // and on any failure that is not the client's
+        let serve = error.is_none_or(|e| *e.esource() != pingora_error::ErrorSource::Downstream);
+        if serve && error.is_some() {
+            // Pingora does not reuse the client connection after a proxy error: say so
+            s.set_keepalive(None);
+        }
+        serve
     }
 
     async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
@@ -256,6 +303,11 @@ impl ProxyHttp for Gateway {
             }
         }
         req.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        if s.cache.enabled() {
+            // fetch the whole object: HEAD becomes GET, Range and If-* go, a revalidation asks
+            // with the stored validators
+            pingora_cache::filters::upstream::request_filter(req, s.cache.maybe_cache_meta());
+        }
         pipeline::upstream_request_filter(s, req, ctx).await
     }
 
@@ -267,6 +319,10 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         pipeline::response_filter(s, resp, ctx).await?;
         resp.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        if let Some((value, label)) = cache::status(s, ctx) {
+            resp.insert_header("cache-status", value)?;
+            ctx.cache_result = Some(label);
+        }
         Ok(())
     }
 
@@ -291,6 +347,12 @@ impl ProxyHttp for Gateway {
                 for (plugin, result) in &ctx.info.outcomes {
                     self.metrics.plugin_outcome(plugin, &r.id, result);
                 }
+                if let Some(result) = ctx.cache_result {
+                    self.metrics
+                        .cache_requests
+                        .with_label_values(&[&r.id, result])
+                        .inc();
+                }
             }
             None => self
                 .unmatched
@@ -314,6 +376,7 @@ impl ProxyHttp for Gateway {
             duration_ms: (elapsed.as_secs_f64() * 1e6).round() / 1e3,
             error: ctx.error,
             plugins: access_log::Outcomes(&ctx.info.outcomes),
+            cache: ctx.cache_result,
         };
         self.access_log.write(&entry);
     }

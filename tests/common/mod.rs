@@ -41,6 +41,8 @@ impl Seen {
 struct Behaviour {
     delay_ms: AtomicU64,
     status: AtomicU64,
+    headers: Mutex<Vec<(String, String)>>,
+    body_size: AtomicUsize,
 }
 
 struct Shared {
@@ -107,10 +109,26 @@ async fn handle(
         0 => 200,
         s => s as u16,
     };
-    let mut resp = Response::new(Full::new(Bytes::from(shared.name.clone())));
+    let size = shared.behaviour.body_size.load(Ordering::SeqCst);
+    let body = if size > 0 {
+        Bytes::from(vec![b'b'; size])
+    } else {
+        Bytes::from(shared.name.clone())
+    };
+    let mut resp = Response::new(Full::new(body));
     *resp.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     resp.headers_mut()
         .insert("x-backend", shared.name.parse().unwrap());
+    // which upstream response this is (1-based), to tell cached from fresh
+    let n = shared.hits.load(Ordering::SeqCst);
+    resp.headers_mut()
+        .insert("x-hit", n.to_string().parse().unwrap());
+    for (k, v) in shared.behaviour.headers.lock().unwrap().iter() {
+        resp.headers_mut().append(
+            hyper::header::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+            v.parse().unwrap(),
+        );
+    }
     Ok(resp)
 }
 
@@ -212,6 +230,17 @@ impl TestUpstream {
             .behaviour
             .delay_ms
             .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+    /// Response headers added to every answer (replacing earlier ones set here).
+    pub fn set_headers(&self, h: &[(&str, &str)]) {
+        *self.shared.behaviour.headers.lock().unwrap() = h
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+    }
+    /// Answer with a body of this many bytes instead of the name (0 = the name).
+    pub fn set_body_size(&self, n: usize) {
+        self.shared.behaviour.body_size.store(n, Ordering::SeqCst);
     }
     pub fn set_status(&self, s: u16) {
         self.shared

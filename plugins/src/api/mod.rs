@@ -6,6 +6,7 @@ mod ctx;
 mod registry;
 mod reply;
 pub mod testing;
+pub mod units;
 
 use async_trait::async_trait;
 use serde::de::DeserializeOwned;

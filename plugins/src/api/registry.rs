@@ -97,6 +97,7 @@ impl Registry {
     pub fn with_builtins() -> Self {
         let mut r = Self::new();
         r.register::<crate::access::Access>();
+        r.register::<crate::cache::Cache>();
         r.register::<crate::cors::Cors>();
         r.register::<crate::headers::Headers>();
         r.register::<crate::jwt::Jwt>();

@@ -143,23 +143,7 @@ pub struct Jwt {
 }
 
 fn parse_duration(s: &str, field: &str) -> std::result::Result<Duration, BuildError> {
-    let err = || {
-        BuildError::at(
-            field,
-            format!("invalid duration `{s}`: use e.g. \"30s\", \"10m\""),
-        )
-    };
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).ok_or_else(err)?;
-    let n: u64 = s[..split].parse().map_err(|_| err())?;
-    let secs = match &s[split..] {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        _ => return Err(err()),
-    };
-    Ok(Duration::from_secs(secs))
+    crate::api::units::duration_at(s, field)
 }
 
 fn normalize(name: &str) -> String {

@@ -1,0 +1,129 @@
+//! `cache` plugin: marks a route's responses as cacheable. The plugin only states the intent
+//! ([`CacheIntent`] in `RequestInfo::ext`); the gateway's cache phases (Pingora's cache hooks,
+//! `src/proxy/cache.rs`) do the work. Every plugin of the chain runs before the cache lookup,
+//! so authentication and rate limits apply to hits as well.
+//!
+//! ```yaml
+//! - cache:
+//!     default_ttl: 60s              # only when the upstream sends no freshness information
+//!     methods: [GET, HEAD]          # HEAD is answered from a cached GET
+//!     vary: [Accept-Encoding, Accept-Language]   # request headers that split the cache
+//!     max_object_size: 1MiB         # larger responses stream through uncached
+//!     stale_while_revalidate: 10s
+//!     stale_if_error: 5m
+//! ```
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use http::{HeaderName, Method};
+use serde::Deserialize;
+
+use crate::api::units::{duration_at, parse_size};
+use crate::api::{BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Result, Session};
+
+/// What the gateway's cache phases need to know about this route.
+#[derive(Debug, Clone)]
+pub struct CacheIntent {
+    pub default_ttl: Duration,
+    pub methods: Vec<Method>,
+    /// Lowercase request header names that split the cache, besides the upstream's `Vary`.
+    pub vary: Vec<HeaderName>,
+    pub max_object_size: usize,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}
+
+/// The plugin's YAML config.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    #[serde(default)]
+    default_ttl: Option<String>,
+    #[serde(default)]
+    methods: Option<Vec<String>>,
+    #[serde(default)]
+    vary: Vec<String>,
+    #[serde(default)]
+    max_object_size: Option<String>,
+    #[serde(default)]
+    stale_while_revalidate: Option<String>,
+    #[serde(default)]
+    stale_if_error: Option<String>,
+}
+
+/// The `cache` plugin.
+pub struct Cache {
+    intent: CacheIntent,
+}
+
+#[async_trait]
+impl Plugin for Cache {
+    fn kind(&self) -> &'static str {
+        Self::KIND
+    }
+
+    async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
+        if self.intent.methods.contains(&s.req_header().method) {
+            cx.info.ext.insert(self.intent.clone());
+        }
+        Ok(Flow::Continue)
+    }
+}
+
+impl PluginSpec for Cache {
+    const KIND: &'static str = "cache";
+    type Config = CacheConfig;
+
+    fn build(c: CacheConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+        let dur = |v: &Option<String>, field: &str, default: Duration| match v {
+            Some(s) => duration_at(s, field),
+            None => Ok(default),
+        };
+        let mut methods = Vec::new();
+        for (i, m) in c
+            .methods
+            .unwrap_or_else(|| vec!["GET".into(), "HEAD".into()])
+            .iter()
+            .enumerate()
+        {
+            match m.to_ascii_uppercase().as_str() {
+                "GET" => methods.push(Method::GET),
+                "HEAD" => methods.push(Method::HEAD),
+                _ => {
+                    return Err(BuildError::at(
+                        format!("methods[{i}]"),
+                        format!("`{m}`: only GET and HEAD responses are cached"),
+                    ))
+                }
+            }
+        }
+        let mut vary = Vec::new();
+        for (i, v) in c.vary.iter().enumerate() {
+            vary.push(HeaderName::from_bytes(v.as_bytes()).map_err(|_| {
+                BuildError::at(format!("vary[{i}]"), format!("invalid header name `{v}`"))
+            })?);
+        }
+        vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
+        vary.dedup();
+        let max_object_size = match &c.max_object_size {
+            Some(s) => parse_size(s)
+                .ok_or_else(|| BuildError::at("max_object_size", format!("invalid size `{s}`")))?,
+            None => 1 << 20,
+        };
+        Ok(Cache {
+            intent: CacheIntent {
+                default_ttl: dur(&c.default_ttl, "default_ttl", Duration::from_secs(60))?,
+                methods,
+                vary,
+                max_object_size: usize::try_from(max_object_size).unwrap_or(usize::MAX),
+                stale_while_revalidate: dur(
+                    &c.stale_while_revalidate,
+                    "stale_while_revalidate",
+                    Duration::ZERO,
+                )?,
+                stale_if_error: dur(&c.stale_if_error, "stale_if_error", Duration::ZERO)?,
+            },
+        })
+    }
+}

@@ -1,0 +1,270 @@
+//! Response caching on Pingora's cache phases. A route caches when its `cache` plugin set a
+//! [`CacheIntent`]; then:
+//!
+//! - `request_cache_filter` enables Pingora's cache with the shared [`MemStore`], the LRU
+//!   eviction manager (bounded by `server.cache.max_size`) and the cache lock (concurrent misses
+//!   for one key make one upstream request; the others wait up to `lock_timeout`);
+//! - `cache_key_callback` keys on scheme, host, port, method class (HEAD shares GET's entry)
+//!   and the full path with query, so two hosts or ports never share an entry;
+//! - `response_cache_filter` decides cacheability and freshness (RFC 9111): `Cache-Control`
+//!   (`no-store`, `private`, `no-cache`, `max-age`, `s-maxage`), `Expires`, minus `Age`;
+//!   `default_ttl` only when the upstream says nothing. Never stored: `Set-Cookie`, `Vary: *`,
+//!   answers to requests with `Authorization` unless `public`/`s-maxage` allows it;
+//! - `cache_vary_filter` splits entries by the configured request headers and the upstream's
+//!   `Vary`;
+//! - stale entries are served inside `stale_while_revalidate` (refreshed in the background)
+//!   and, when the upstream fails, inside `stale_if_error` (RFC 5861); upstream directives count.
+//!
+//! Responses carry `Cache-Status` (RFC 9211); Pingora adds `Age` to hits.
+
+use std::time::{Duration, SystemTime};
+
+use gatehouse_plugins::cache::CacheIntent;
+use http::header::{AUTHORIZATION, HOST, SET_COOKIE, VARY};
+use http::HeaderValue;
+use pingora_cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
+use pingora_cache::eviction::lru::Manager;
+use pingora_cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
+use pingora_cache::key::HashBinary;
+use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
+use pingora_cache::{
+    CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable,
+    VarianceBuilder,
+};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::Session;
+
+use super::cache_store::MemStore;
+use super::ctx::Ctx;
+
+/// Shards of the LRU eviction manager.
+const LRU_SHARDS: usize = 16;
+
+/// The process-wide cache: storage, eviction and lock, created once at startup.
+#[derive(Clone, Copy)]
+pub struct CacheRuntime {
+    pub store: &'static MemStore,
+    pub eviction: &'static Manager<LRU_SHARDS>,
+    pub lock: &'static CacheKeyLockImpl,
+}
+
+impl CacheRuntime {
+    /// Creates the cache (leaked: Pingora needs `'static` references; there is one per process).
+    pub fn new(max_size: usize, lock_timeout: Duration) -> Self {
+        CacheRuntime {
+            store: Box::leak(Box::new(MemStore::new())),
+            eviction: Box::leak(Box::new(Manager::with_capacity(max_size, 8192))),
+            lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
+        }
+    }
+
+    /// Applies a new `max_size` (the LRU evicts down to it as objects are admitted).
+    pub fn set_max_size(&self, max_size: usize) {
+        self.eviction.set_weight_limit(max_size);
+    }
+}
+
+/// Enables caching for this request when the route's `cache` plugin asked for it.
+pub fn request_cache_filter(rt: &CacheRuntime, s: &mut Session, ctx: &mut Ctx) {
+    let Some(intent) = ctx.info.ext.get::<CacheIntent>() else {
+        return;
+    };
+    s.cache
+        .enable(rt.store, Some(rt.eviction), None, Some(rt.lock), None);
+    s.cache.set_max_file_size_bytes(intent.max_object_size);
+    ctx.cache = Some(intent.clone());
+}
+
+/// `scheme://host:port/path?query`, lowercase host, explicit port.
+pub fn url_key(req: &RequestHeader, listener_port: u16) -> String {
+    let host = req
+        .headers
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+        .unwrap_or("");
+    let (name, port) = split_host_port(host, listener_port);
+    let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    format!("http://{}:{port}{pq}", name.to_ascii_lowercase())
+}
+
+fn split_host_port(host: &str, default_port: u16) -> (&str, u16) {
+    if let Some(rest) = host.strip_prefix('[') {
+        if let Some((v6, tail)) = rest.split_once(']') {
+            let port = tail
+                .strip_prefix(':')
+                .and_then(|p| p.parse().ok())
+                .unwrap_or(default_port);
+            return (v6, port);
+        }
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h, p.parse().unwrap_or(default_port)),
+        _ => (host, default_port),
+    }
+}
+
+/// The cache key: method class + URL. Primary only; variants come from `cache_vary_filter`.
+pub fn cache_key(s: &Session) -> CacheKey {
+    let port = s
+        .server_addr()
+        .and_then(|a| a.as_inet())
+        .map_or(80, |a| a.port());
+    // HEAD is answered from GET's entry
+    CacheKey::new(format!("GET {}", url_key(s.req_header(), port)), "")
+}
+
+/// Statuses cacheable by default (RFC 9110 15.1) when the upstream gives no freshness.
+fn heuristically_cacheable(status: u16) -> bool {
+    matches!(
+        status,
+        200 | 203 | 204 | 206 | 300 | 301 | 308 | 404 | 405 | 410 | 414 | 501
+    )
+}
+
+fn no_fresh(_: http::StatusCode) -> Option<Duration> {
+    None
+}
+
+/// Decides whether and how long the response may be stored.
+pub fn response_cache_filter(s: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
+    let Some(intent) = &ctx.cache else {
+        return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
+    };
+    if resp.headers.contains_key(SET_COOKIE) {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("set-cookie"));
+    }
+    let vary_star = resp.headers.get_all(VARY).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim() == "*"))
+            .unwrap_or(true)
+    });
+    if vary_star {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("vary-star"));
+    }
+    let cc = CacheControl::from_resp_headers(resp);
+    let authorized = s.req_header().headers.contains_key(AUTHORIZATION);
+    if authorized
+        && !cc
+            .as_ref()
+            .is_some_and(|c| c.allow_caching_authorized_req())
+    {
+        return RespCacheable::Uncacheable(NoCacheReason::Custom("authorization"));
+    }
+    if cc
+        .as_ref()
+        .is_some_and(|c| c.is_cacheable() == Cacheable::No)
+    {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    }
+    let now = SystemTime::now();
+    let age = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|a| a.to_str().ok())
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let lifetime = cc.as_ref().and_then(|c| c.fresh_duration());
+    let fresh_until = match lifetime {
+        Some(l) => Some(now + l.saturating_sub(age)),
+        None => calculate_expires_header_time(resp).or_else(|| {
+            heuristically_cacheable(resp.status.as_u16())
+                .then(|| now + intent.default_ttl.saturating_sub(age))
+        }),
+    };
+    let Some(mut fresh_until) = fresh_until else {
+        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
+    };
+    if fresh_until <= now {
+        // stale from the start (no-cache, max-age=0, old Expires): store, but revalidate
+        fresh_until = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+    }
+    let defaults = CacheMetaDefaults::new(
+        no_fresh,
+        intent
+            .stale_while_revalidate
+            .as_secs()
+            .min(u64::from(u32::MAX)) as u32,
+        intent.stale_if_error.as_secs().min(u64::from(u32::MAX)) as u32,
+    );
+    let (swr, sie) = calculate_serve_stale_durations(cc.as_ref(), &defaults);
+    let mut header = resp.clone();
+    if let Some(c) = &cc {
+        c.strip_private_headers(&mut header);
+    }
+    ctx.cache_stored = true;
+    RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
+}
+
+/// The variance key: the configured headers plus the upstream's `Vary`.
+pub fn cache_vary_filter(meta: &CacheMeta, ctx: &Ctx, req: &RequestHeader) -> Option<HashBinary> {
+    let intent = ctx.cache.as_ref()?;
+    let mut names: Vec<String> = intent.vary.iter().map(|h| h.as_str().to_string()).collect();
+    for v in meta.headers().get_all(VARY) {
+        if let Ok(v) = v.to_str() {
+            names.extend(
+                v.split(',')
+                    .map(|t| t.trim().to_ascii_lowercase())
+                    .filter(|t| !t.is_empty()),
+            );
+        }
+    }
+    if names.is_empty() {
+        return None;
+    }
+    names.sort();
+    names.dedup();
+    let values: Vec<(String, Vec<u8>)> = names
+        .into_iter()
+        .map(|n| {
+            let v = req
+                .headers
+                .get_all(n.as_str())
+                .iter()
+                .map(|v| v.as_bytes())
+                .collect::<Vec<_>>()
+                .join(&b',');
+            (n, v)
+        })
+        .collect();
+    let mut vb = VarianceBuilder::new();
+    for (n, v) in &values {
+        vb.add_value(n, v);
+    }
+    vb.finalize()
+}
+
+/// `Cache-Status` (RFC 9211) and the metric label for this response.
+pub fn status(s: &Session, ctx: &Ctx) -> Option<(HeaderValue, &'static str)> {
+    ctx.cache.as_ref()?;
+    let stored = if ctx.cache_stored { "; stored" } else { "" };
+    let (text, label): (String, &'static str) = match s.cache.phase() {
+        CachePhase::Hit => ("gatehouse; hit".into(), "hit"),
+        CachePhase::Stale | CachePhase::StaleUpdating => {
+            ("gatehouse; hit; detail=stale".into(), "stale")
+        }
+        CachePhase::Miss => (format!("gatehouse; fwd=miss{stored}"), "miss"),
+        CachePhase::Expired => (format!("gatehouse; fwd=stale{stored}"), "expired"),
+        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
+            ("gatehouse; fwd=stale; fwd-status=304".into(), "revalidated")
+        }
+        _ => ("gatehouse; fwd=bypass".into(), "bypass"),
+    };
+    HeaderValue::from_str(&text).ok().map(|v| (v, label))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keys_separate_hosts_and_ports() {
+        let mut a = RequestHeader::build("GET", b"/p?q=1", None).unwrap();
+        a.insert_header("host", "Example.com").unwrap();
+        assert_eq!(url_key(&a, 8080), "http://example.com:8080/p?q=1");
+        a.insert_header("host", "example.com:9000").unwrap();
+        assert_eq!(url_key(&a, 8080), "http://example.com:9000/p?q=1");
+        a.insert_header("host", "[::1]:81").unwrap();
+        assert_eq!(url_key(&a, 8080), "http://::1:81/p?q=1");
+    }
+}
