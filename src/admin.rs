@@ -15,6 +15,7 @@ use pingora_core::protocols::http::ServerSession;
 
 use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
+use crate::reload::{ReloadOutcome, Reloader};
 use crate::state::SharedState;
 
 /// Largest admin request body read.
@@ -25,6 +26,40 @@ pub struct AdminApp {
     pub state: Arc<SharedState>,
     pub metrics: Arc<Metrics>,
     pub cache: CacheRuntime,
+    pub reloader: Arc<Reloader>,
+}
+
+/// Mapping keys whose values `GET /config` never shows.
+const SECRET_KEYS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "api_key",
+    "apikey",
+    "client_secret",
+    "private_key",
+];
+
+/// Replaces the values of secret-looking keys (at any depth) with `"<redacted>"`.
+pub fn redact(v: &mut serde_yaml::Value) {
+    match v {
+        serde_yaml::Value::Mapping(m) => {
+            for (k, val) in m.iter_mut() {
+                let secret = k
+                    .as_str()
+                    .is_some_and(|k| SECRET_KEYS.contains(&k.to_ascii_lowercase().as_str()));
+                if secret && !val.as_str().is_some_and(str::is_empty) {
+                    *val = serde_yaml::Value::String("<redacted>".into());
+                } else {
+                    redact(val);
+                }
+            }
+        }
+        serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(redact),
+        serde_yaml::Value::Tagged(t) => redact(&mut t.value),
+        _ => {}
+    }
 }
 
 /// One admin request, as the router needs it.
@@ -53,6 +88,15 @@ fn json(status: StatusCode, v: serde_json::Value) -> Response<Vec<u8>> {
 
 fn json_error(status: StatusCode, msg: &str) -> Response<Vec<u8>> {
     json(status, serde_json::json!({ "error": msg }))
+}
+
+fn unauthorized() -> Response<Vec<u8>> {
+    let mut resp = json_error(StatusCode::UNAUTHORIZED, "admin token required");
+    resp.headers_mut().insert(
+        http::header::WWW_AUTHENTICATE,
+        http::HeaderValue::from_static("Bearer"),
+    );
+    resp
 }
 
 /// Compares without an early exit, so response time does not leak the token.
@@ -144,6 +188,53 @@ impl AdminApp {
         json(StatusCode::OK, serde_json::json!({ "purged": purged }))
     }
 
+    async fn reload(&self) -> Response<Vec<u8>> {
+        match self.reloader.reload("admin").await {
+            ReloadOutcome::Applied {
+                version,
+                restart_required,
+            } => json(
+                StatusCode::OK,
+                serde_json::json!({ "version": version, "result": "ok", "restart_required": restart_required }),
+            ),
+            ReloadOutcome::Unchanged { version } => json(
+                StatusCode::OK,
+                serde_json::json!({ "version": version, "result": "unchanged" }),
+            ),
+            ReloadOutcome::Failed(e) => json(
+                StatusCode::UNPROCESSABLE_ENTITY,
+                serde_json::json!({
+                    "version": self.state.snapshot().version,
+                    "result": "error",
+                    "errors": e.errors.iter().map(|x| x.to_string()).collect::<Vec<_>>(),
+                }),
+            ),
+        }
+    }
+
+    fn config(&self) -> Response<Vec<u8>> {
+        let snap = self.state.snapshot();
+        let mut tree = snap.source.clone();
+        redact(&mut tree);
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "version": snap.version, "sha256": snap.source_hash, "config": tree }),
+        )
+    }
+
+    /// Routes one admin request (async: a reload waits for the new config to be compiled).
+    pub async fn handle_async(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
+        match r.path {
+            "/reload" | "/config" if !self.authorized(r.authorization) => unauthorized(),
+            "/reload" if r.method == http::Method::POST => self.reload().await,
+            "/config" if r.method == http::Method::GET => self.config(),
+            "/reload" | "/config" => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            _ => self.handle(r),
+        }
+    }
+
     /// Routes one admin request.
     pub fn handle(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
         let get = r.method == http::Method::GET || r.method == http::Method::HEAD;
@@ -174,14 +265,7 @@ impl AdminApp {
             "/cache/purge" if !post => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
-            "/cache/purge" if !self.authorized(r.authorization) => {
-                let mut resp = json_error(StatusCode::UNAUTHORIZED, "admin token required");
-                resp.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer"),
-                );
-                resp
-            }
+            "/cache/purge" if !self.authorized(r.authorization) => unauthorized(),
             "/cache/purge" => self.purge(r.body),
             _ => json_error(StatusCode::NOT_FOUND, "not found"),
         }
@@ -213,12 +297,13 @@ impl ServeHttp for AdminApp {
                 }
             }
         }
-        self.handle(&AdminRequest {
+        self.handle_async(&AdminRequest {
             method: &method,
             path: &path,
             authorization: auth.as_deref(),
             body: &body,
         })
+        .await
     }
 }
 

@@ -17,8 +17,9 @@ use crate::admin::AdminApp;
 use crate::config::{self, CompileEnv, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
-use crate::proxy::conn::{ConnLimits, Guarded};
+use crate::proxy::conn::Guarded;
 use crate::proxy::Gateway;
+use crate::reload::{ReloadService, Reloader};
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::health::HealthSupervisor;
 use std::sync::atomic::AtomicUsize;
@@ -59,7 +60,8 @@ pub fn load(
     metrics: &Metrics,
     previous: Option<&Snapshot>,
 ) -> Result<Snapshot, ConfigErrors> {
-    let raw = config::load_file(path)?;
+    let loaded = config::load_full(path)?;
+    let raw = loaded.raw;
     let env = CompileEnv {
         registry,
         metrics,
@@ -67,10 +69,13 @@ pub fn load(
         previous,
         version: previous.map_or(1, |p| p.version + 1),
     };
-    config::compile(raw, &env).map_err(|errors| ConfigErrors {
+    let mut snap = config::compile(raw, &env).map_err(|errors| ConfigErrors {
         file: path.display().to_string(),
         errors,
-    })
+    })?;
+    snap.source_hash = loaded.hash;
+    snap.source = loaded.tree;
+    Ok(snap)
 }
 
 /// SIGTERM and SIGINT both shut down gracefully (in-flight requests get the grace period);
@@ -110,6 +115,11 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
         .with_label_values(&["startup", "ok"])
         .inc();
     metrics.config_version.set(snapshot.version as i64);
+    metrics.config_last_success.set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
     for g in snapshot.upstreams.values() {
         for b in &g.backends {
             metrics.set_backend_health(&g.name, &b.label, b.is_healthy());
@@ -117,7 +127,6 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     }
 
     let server_cfg = snapshot.raw.server.clone();
-    let snapshot_limits = server_cfg.limits.clone();
     let admin_listen = snapshot.raw.admin.listen.clone();
     let access_log = Arc::new(
         AccessLog::open(&server_cfg.access_log, metrics.access_log_dropped.clone()).map_err(
@@ -149,14 +158,17 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
         usize::try_from(server_cfg.cache.max_size.0).unwrap_or(usize::MAX),
         server_cfg.cache.lock_timeout.0,
     );
+    let reloader = Arc::new(Reloader::new(
+        &opts.config,
+        registry,
+        Arc::clone(&metrics),
+        Arc::clone(&state),
+        cache,
+    ));
     let gateway = Gateway::new(cache, Arc::clone(&state), Arc::clone(&metrics), access_log);
-    let limits = &snapshot_limits;
     let guarded = Guarded {
         inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
-        limits: ConnLimits {
-            header_read_timeout: limits.header_read_timeout.0,
-            max_connections: limits.max_connections,
-        },
+        state: Arc::clone(&state),
         active: Arc::new(AtomicUsize::new(0)),
     };
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
@@ -169,6 +181,7 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
             state: Arc::clone(&state),
             metrics: Arc::clone(&metrics),
             cache,
+            reloader: Arc::clone(&reloader),
         },
     );
     admin.threads = Some(1);
@@ -183,6 +196,13 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     server.add_service(proxy);
     server.add_service(admin);
     server.add_service(health);
+    server.add_service(background_service(
+        "reload",
+        ReloadService {
+            reloader,
+            watch_file: server_cfg.watch_config,
+        },
+    ));
     info!(
         "gatehouse {} listening on {:?}, admin on {admin_listen}",
         env!("CARGO_PKG_VERSION"),

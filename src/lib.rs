@@ -10,6 +10,7 @@ pub mod app;
 pub mod config;
 pub mod metrics;
 pub mod proxy;
+pub mod reload;
 pub mod router;
 pub mod state;
 pub mod upstream;

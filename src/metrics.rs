@@ -32,6 +32,8 @@ pub struct Metrics {
     pub plugin_decisions: IntCounterVec,
     pub cache_requests: IntCounterVec,
     pub cache_size: IntGauge,
+    pub config_last_success: prometheus::Gauge,
+    pub config_restart_required: IntCounter,
 }
 
 impl Metrics {
@@ -100,6 +102,14 @@ impl Metrics {
             "gatehouse_cache_size_bytes",
             "Bytes held by the response cache (bodies and headers).",
         )?;
+        let config_last_success = prometheus::Gauge::new(
+            "gatehouse_config_last_reload_success_timestamp_seconds",
+            "Unix time of the last config load that was applied.",
+        )?;
+        let config_restart_required = IntCounter::new(
+            "gatehouse_config_restart_required_total",
+            "Applied reloads that also changed settings only a restart applies (listeners, threads, ...).",
+        )?;
         let plugin_decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_plugin_decisions_total",
@@ -128,6 +138,8 @@ impl Metrics {
         registry.register(Box::new(plugin_decisions.clone()))?;
         registry.register(Box::new(cache_requests.clone()))?;
         registry.register(Box::new(cache_size.clone()))?;
+        registry.register(Box::new(config_last_success.clone()))?;
+        registry.register(Box::new(config_restart_required.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -146,6 +158,8 @@ impl Metrics {
             plugin_decisions,
             cache_requests,
             cache_size,
+            config_last_success,
+            config_restart_required,
         })
     }
 

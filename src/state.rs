@@ -52,6 +52,10 @@ pub struct ServerSettings {
     pub max_headers: usize,
     /// No progress on a request body for this long closes the request.
     pub body_read_timeout: std::time::Duration,
+    /// The whole request head must arrive within this time.
+    pub header_read_timeout: std::time::Duration,
+    /// Connections served at once; more are closed on accept.
+    pub max_connections: usize,
 }
 
 impl ServerSettings {
@@ -73,6 +77,12 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
     pub server: ServerSettings,
+    /// Every plugin instance by its reuse key (see `config::compile::PluginKey`).
+    pub plugins: HashMap<crate::config::compile::PluginKey, Arc<dyn Plugin>>,
+    /// SHA-256 of the config file's text, hex.
+    pub source_hash: String,
+    /// The config as loaded (variables substituted), for `GET /config` (redacted there).
+    pub source: serde_yaml::Value,
 }
 
 /// The one swappable pointer to the current snapshot, plus process-wide readiness.

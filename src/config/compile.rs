@@ -259,14 +259,21 @@ fn compile_upstream(
     }
 }
 
+/// Identifies a plugin entry across reloads: its chain, kind, exact config and which
+/// occurrence of that same entry in the chain it is. An entry whose key existed in the previous
+/// snapshot keeps its instance (and so its state: rate-limit windows, JWKS key sets, caches).
+pub type PluginKey = (String, String, String, usize);
+
 fn compile_plugins(
     list: &[RawPlugin],
     path: &str,
     env: &CompileEnv<'_>,
     route_id: Option<&str>,
+    built: &mut HashMap<PluginKey, Arc<dyn Plugin>>,
     errors: &mut Vec<ConfigError>,
 ) -> Vec<Arc<dyn Plugin>> {
     let mut out = Vec::with_capacity(list.len());
+    let scope = route_id.map_or_else(|| "plugins".to_string(), |r| format!("routes:{r}"));
     for (i, entry) in list.iter().enumerate() {
         let p = format!("{path}[{i}]");
         let mut it = entry.iter();
@@ -291,13 +298,27 @@ fn compile_plugins(
             ));
             continue;
         }
+        let text = serde_yaml::to_string(&cfg).unwrap_or_default();
+        let occurrence = built
+            .keys()
+            .filter(|k| k.0 == scope && k.1 == kind && k.2 == text)
+            .count();
+        let key: PluginKey = (scope.clone(), kind.to_string(), text, occurrence);
+        if let Some(prev) = env.previous.and_then(|s| s.plugins.get(&key)) {
+            built.insert(key, Arc::clone(prev));
+            out.push(Arc::clone(prev));
+            continue;
+        }
         let mut benv = BuildEnv {
             base_dir: env.base_dir.clone(),
             route_id: route_id.map(str::to_string),
             warnings: Vec::new(),
         };
         match env.registry.build(kind, cfg, &benv) {
-            Ok(pl) => out.push(pl),
+            Ok(pl) => {
+                built.insert(key, Arc::clone(&pl));
+                out.push(pl)
+            }
             Err(e) => {
                 let ep = if e.path.is_empty() {
                     p.clone()
@@ -532,7 +553,8 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         }
     }
 
-    let global = compile_plugins(&raw.plugins, "plugins", env, None, &mut errors);
+    let mut built = HashMap::new();
+    let global = compile_plugins(&raw.plugins, "plugins", env, None, &mut built, &mut errors);
 
     let raw_names: HashSet<&str> = raw.upstreams.keys().map(String::as_str).collect();
     let mut ids = HashSet::new();
@@ -549,6 +571,7 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             &global,
             env,
             &mut ids,
+            &mut built,
             &mut errors,
         ) {
             routes.push(Arc::new(route));
@@ -564,12 +587,17 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         router: Router::new(matches),
         routes,
         upstreams,
+        plugins: built,
+        source_hash: String::new(),
+        source: serde_yaml::Value::Null,
         server: ServerSettings {
             trusted_proxies: trusted,
             max_header_size: usize::try_from(raw.server.limits.max_header_size.0)
                 .unwrap_or(usize::MAX),
             max_headers: raw.server.limits.max_headers,
             body_read_timeout: raw.server.limits.body_read_timeout.0,
+            header_read_timeout: raw.server.limits.header_read_timeout.0,
+            max_connections: raw.server.limits.max_connections,
         },
         raw,
     })
@@ -585,6 +613,7 @@ fn compile_route(
     global: &[Arc<dyn Plugin>],
     env: &CompileEnv<'_>,
     ids: &mut HashSet<String>,
+    built: &mut HashMap<PluginKey, Arc<dyn Plugin>>,
     errors: &mut Vec<ConfigError>,
 ) -> Option<(Route, RouteMatch)> {
     let before = errors.len();
@@ -645,6 +674,7 @@ fn compile_route(
         &format!("{p}.plugins"),
         env,
         Some(&r.id),
+        built,
         errors,
     );
     if errors.len() > before {

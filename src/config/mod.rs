@@ -13,6 +13,36 @@ pub use compile::{compile, CompileEnv};
 pub use error::{ConfigError, ConfigErrors};
 use raw::RawConfig;
 
+/// A config file as loaded: typed, the substituted YAML tree (for `GET /config`), and the
+/// SHA-256 of its text.
+pub struct Loaded {
+    pub raw: RawConfig,
+    pub tree: serde_yaml::Value,
+    pub hash: String,
+}
+
+/// Reads, substitutes and types a config file.
+pub fn load_full(path: &Path) -> Result<Loaded, ConfigErrors> {
+    use sha2::Digest;
+    let file = path.display().to_string();
+    let fail = |errors: Vec<ConfigError>| ConfigErrors {
+        file: file.clone(),
+        errors,
+    };
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        fail(vec![ConfigError::new(
+            "",
+            format!("cannot read the file: {e}"),
+        )])
+    })?;
+    let hash = sha2::Sha256::digest(text.as_bytes())
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    let (raw, tree) = parse_tree(&text, &|name| std::env::var(name).ok()).map_err(fail)?;
+    Ok(Loaded { raw, tree, hash })
+}
+
 /// Reads and types a config file. Collects every `${VAR}` error; a type error (unknown key,
 /// wrong type) stops at the first one, with its path.
 pub fn load_file(path: &Path) -> Result<RawConfig, ConfigErrors> {
@@ -40,6 +70,13 @@ pub fn parse_str_with_env(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<RawConfig, Vec<ConfigError>> {
+    parse_tree(text, lookup).map(|(raw, _)| raw)
+}
+
+fn parse_tree(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(RawConfig, serde_yaml::Value), Vec<ConfigError>> {
     let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -55,9 +92,12 @@ pub fn parse_str_with_env(
     if !errors.is_empty() {
         return Err(errors);
     }
-    serde_path_to_error::deserialize(value).map_err(|e| {
-        let path = e.path().to_string();
-        let path = if path == "." { String::new() } else { path };
-        vec![ConfigError::new(path, e.into_inner().to_string())]
-    })
+    let tree = value.clone();
+    serde_path_to_error::deserialize(value)
+        .map(|raw| (raw, tree))
+        .map_err(|e| {
+            let path = e.path().to_string();
+            let path = if path == "." { String::new() } else { path };
+            vec![ConfigError::new(path, e.into_inner().to_string())]
+        })
 }

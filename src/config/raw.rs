@@ -47,6 +47,13 @@ pub struct RawServer {
     pub limits: RawLimits,
     #[serde(default)]
     pub cache: RawCache,
+    /// Reload when the config file changes.
+    #[serde(default = "default_true")]
+    pub watch_config: bool,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 /// `server.cache:` the response cache shared by every route with a `cache` plugin.
@@ -151,6 +158,7 @@ impl Default for RawServer {
             upgrade_sock: default_upgrade_sock(),
             limits: RawLimits::default(),
             cache: RawCache::default(),
+            watch_config: true,
         }
     }
 }

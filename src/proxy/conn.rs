@@ -27,19 +27,14 @@ use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::time::{Instant, Sleep};
 
-/// Limits applied per connection.
-#[derive(Debug, Clone, Copy)]
-pub struct ConnLimits {
-    /// The whole request head must arrive within this time.
-    pub header_read_timeout: Duration,
-    /// Connections served at once by this process; more are closed on accept.
-    pub max_connections: usize,
-}
+use crate::state::SharedState;
 
-/// Wraps the proxy app with the connection limits.
+/// Wraps the proxy app with the connection limits of the current config
+/// (`server.limits.header_read_timeout`, `max_connections`; a reload applies to new
+/// connections).
 pub struct Guarded<A> {
     pub inner: Arc<A>,
-    pub limits: ConnLimits,
+    pub state: Arc<SharedState>,
     pub active: Arc<AtomicUsize>,
 }
 
@@ -58,20 +53,27 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let (max, head_timeout) = {
+            let snap = self.state.snapshot();
+            (snap.server.max_connections, snap.server.header_read_timeout)
+        };
         let before = self.active.fetch_add(1, Ordering::Relaxed);
         let _guard = ActiveGuard(Arc::clone(&self.active));
-        if before >= self.limits.max_connections {
-            log::debug!(
-                "max_connections ({}) reached, closing a new connection",
-                self.limits.max_connections
-            );
+        if before >= max {
+            log::debug!("max_connections ({max}) reached, closing a new connection");
             return None;
         }
-        let wrapped: Stream = Box::new(HeadDeadline::new(session, self.limits.header_read_timeout));
+        let wrapped: Stream = Box::new(HeadDeadline::new(session, head_timeout));
         self.inner.process_new(wrapped, shutdown).await
     }
 
+    /// Called when the listeners stopped (shutdown or upgrade). Pingora's cleanup closes
+    /// idle keep-alive connections at once, which races with a client sending its next request
+    /// on one. Instead they stay open for most of the grace period: a request arriving on them
+    /// is still served, with `Connection: close`; whatever is idle after that is closed.
     async fn cleanup(&self) {
+        let grace = self.state.snapshot().raw.server.grace_period.0;
+        tokio::time::sleep(grace.saturating_sub(Duration::from_secs(1))).await;
         self.inner.cleanup().await
     }
 }

@@ -190,14 +190,18 @@ pub struct HealthSupervisor {
     pub metrics: Arc<Metrics>,
 }
 
+/// Probes every group in `groups` once (all in parallel). Used for the first round and by
+/// reloads to warm up new groups before they serve.
+pub async fn check_groups(groups: &[Arc<UpstreamGroup>], metrics: &Metrics) {
+    let rounds = groups
+        .iter()
+        .filter_map(|g| g.health.as_ref().map(|s| probe_group(g, s, metrics)));
+    futures::future::join_all(rounds).await;
+}
+
 impl HealthSupervisor {
-    /// Probes every group of the current snapshot once (all in parallel). Used for the first
-    /// round and by reloads to warm up new groups before they serve.
-    pub async fn check_all(&self, groups: &[Arc<UpstreamGroup>]) {
-        let rounds = groups
-            .iter()
-            .filter_map(|g| g.health.as_ref().map(|s| probe_group(g, s, &self.metrics)));
-        futures::future::join_all(rounds).await;
+    async fn check_all(&self, groups: &[Arc<UpstreamGroup>]) {
+        check_groups(groups, &self.metrics).await
     }
 }
 

@@ -299,6 +299,7 @@ pub fn check_file(path: &Path) -> (i32, String) {
 /// The real gateway binary on ephemeral ports; killed on drop.
 pub struct TestGateway {
     child: Child,
+    pub ports: Ports,
     pub port: u16,
     pub admin_port: u16,
     pub dir: tempfile::TempDir,
@@ -306,6 +307,7 @@ pub struct TestGateway {
 }
 
 /// Ports handed to the config template.
+#[derive(Debug, Clone)]
 pub struct Ports {
     pub proxy: u16,
     pub admin: u16,
@@ -343,6 +345,7 @@ impl TestGateway {
                 .unwrap();
             let mut gw = TestGateway {
                 child,
+                ports: ports.clone(),
                 port: ports.proxy,
                 admin_port: ports.admin,
                 dir,
@@ -383,6 +386,39 @@ impl TestGateway {
         Err(format!("{path} not 200 within {max:?}"))
     }
 
+    /// Starts a second gateway process on the same config with `run --upgrade` (it waits for
+    /// this one's listening sockets on `server.upgrade_sock`). Send SIGQUIT to `self` next.
+    pub fn spawn_upgrade(&self) -> Child {
+        let stderr = std::fs::File::create(self.dir.path().join("stderr-upgrade.log")).unwrap();
+        Command::new(bin())
+            .args(["run", "--upgrade", "-c"])
+            .arg(self.config_path())
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(stderr))
+            .spawn()
+            .unwrap()
+    }
+
+    /// The config file the gateway runs on.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.path().join("gatehouse.yaml")
+    }
+    /// Replaces the config file by writing a temp file and renaming it over (atomic).
+    pub fn write_config(&self, yaml: &str) {
+        let tmp = self.dir.path().join("gatehouse.yaml.tmp");
+        std::fs::write(&tmp, yaml).unwrap();
+        std::fs::rename(&tmp, self.config_path()).unwrap();
+    }
+    /// Value of a metric line that starts with `prefix` (e.g. `name{labels}`), or 0.
+    pub async fn metric(&self, prefix: &str) -> f64 {
+        let m = self.metrics().await;
+        m.lines()
+            .find(|l| l.starts_with(prefix) && l[prefix.len()..].starts_with(' '))
+            .and_then(|l| l.rsplit(' ').next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0.0)
+    }
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
     }

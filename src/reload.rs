@@ -1,0 +1,303 @@
+//! Config reloads: trigger (file change, SIGHUP, `POST /reload`) -> load -> compile against the
+//! running snapshot (reusing the state of everything unchanged) -> warm up (health-check new
+//! upstream groups) -> publish with one atomic swap.
+//!
+//! Any error keeps the running snapshot, is logged with its YAML path and counted in
+//! `gatehouse_config_reloads_total{trigger,result="error"}`. One reload runs at a time.
+//! Requests in flight finish on the snapshot they started with. Settings bound at startup
+//! (`server.listen`, `admin.listen`, `server.threads`, `server.access_log`,
+//! `server.upgrade_sock`, `server.grace_period`) cannot change live: such a change is logged as
+//! "restart required" and counted, and the rest of the file is applied.
+
+use std::collections::HashSet;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use async_trait::async_trait;
+use gatehouse_plugins::Registry;
+use log::{error, info, warn};
+use pingora_core::server::ShutdownWatch;
+use pingora_core::services::background::BackgroundService;
+
+use crate::app;
+use crate::config::raw::RawServer;
+use crate::config::ConfigErrors;
+use crate::metrics::Metrics;
+use crate::proxy::cache::CacheRuntime;
+use crate::state::{SharedState, Snapshot};
+use crate::upstream::health;
+
+/// How long the config file must be quiet before a change is loaded (editors and deploy
+/// tools write in several steps).
+const DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// What a reload did.
+#[derive(Debug)]
+pub enum ReloadOutcome {
+    /// A new snapshot is serving.
+    Applied {
+        version: u64,
+        restart_required: Vec<&'static str>,
+    },
+    /// The file did not change; nothing was done.
+    Unchanged { version: u64 },
+    /// The file is invalid; the running config stays.
+    Failed(ConfigErrors),
+}
+
+/// Performs reloads. Shared by the admin listener and the reload service.
+pub struct Reloader {
+    path: PathBuf,
+    registry: Registry,
+    metrics: Arc<Metrics>,
+    state: Arc<SharedState>,
+    cache: CacheRuntime,
+    /// the server settings the process started with
+    started: RawServer,
+    started_admin: String,
+    lock: tokio::sync::Mutex<()>,
+}
+
+/// Settings that only take effect at startup that differ between `a` and `b`.
+fn restart_required(a: &RawServer, a_admin: &str, b: &Snapshot) -> Vec<&'static str> {
+    let s = &b.raw.server;
+    let mut v = Vec::new();
+    if a.listen != s.listen {
+        v.push("server.listen");
+    }
+    if a.threads != s.threads {
+        v.push("server.threads");
+    }
+    if a.access_log != s.access_log {
+        v.push("server.access_log");
+    }
+    if a.upgrade_sock != s.upgrade_sock {
+        v.push("server.upgrade_sock");
+    }
+    if a.grace_period != s.grace_period {
+        v.push("server.grace_period");
+    }
+    if a_admin != b.raw.admin.listen {
+        v.push("admin.listen");
+    }
+    v
+}
+
+impl Reloader {
+    /// A reloader for the config at `path`, serving `state`.
+    pub fn new(
+        path: &Path,
+        registry: Registry,
+        metrics: Arc<Metrics>,
+        state: Arc<SharedState>,
+        cache: CacheRuntime,
+    ) -> Self {
+        let snap = state.snapshot();
+        Reloader {
+            path: path.to_path_buf(),
+            registry,
+            metrics,
+            cache,
+            started: snap.raw.server.clone(),
+            started_admin: snap.raw.admin.listen.clone(),
+            state,
+            lock: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The config file being served.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Loads the file and, when it is valid and different, publishes it. Never panics; an
+    /// invalid file changes nothing.
+    pub async fn reload(&self, trigger: &'static str) -> ReloadOutcome {
+        let _one_at_a_time = self.lock.lock().await;
+        let prev = self.state.snapshot();
+        let (path, registry, metrics, base) = (
+            self.path.clone(),
+            self.registry.clone(),
+            Arc::clone(&self.metrics),
+            Arc::clone(&prev),
+        );
+        // file IO, DNS and JWKS fetches: off the async workers
+        let compiled =
+            tokio::task::spawn_blocking(move || app::load(&path, &registry, &metrics, Some(&base)))
+                .await;
+        let snap = match compiled {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return self.failed(trigger, e),
+            Err(join) => {
+                let e = ConfigErrors {
+                    file: self.path.display().to_string(),
+                    errors: vec![crate::config::ConfigError::new(
+                        "",
+                        format!("the reload task failed: {join}"),
+                    )],
+                };
+                return self.failed(trigger, e);
+            }
+        };
+        if snap.source_hash == prev.source_hash {
+            self.metrics
+                .config_reloads
+                .with_label_values(&[trigger, "unchanged"])
+                .inc();
+            return ReloadOutcome::Unchanged {
+                version: prev.version,
+            };
+        }
+        // warm up: groups that are new in this snapshot are checked before they serve
+        let new_groups: Vec<_> = snap
+            .upstreams
+            .values()
+            .filter(|g| !prev.upstreams.values().any(|p| Arc::ptr_eq(p, g)))
+            .cloned()
+            .collect();
+        health::check_groups(&new_groups, &self.metrics).await;
+        let restart = restart_required(&self.started, &self.started_admin, &snap);
+        if !restart.is_empty() {
+            warn!(
+                "config {}: {} changed: restart required (the rest is applied)",
+                self.path.display(),
+                restart.join(", ")
+            );
+            self.metrics.config_restart_required.inc();
+        }
+        self.cache
+            .set_max_size(usize::try_from(snap.raw.server.cache.max_size.0).unwrap_or(usize::MAX));
+        // series of backends that left the config go with them
+        let keep: HashSet<(String, String)> = snap
+            .upstreams
+            .values()
+            .flat_map(|g| {
+                g.backends
+                    .iter()
+                    .map(move |b| (g.name.to_string(), b.label.to_string()))
+            })
+            .collect();
+        for g in prev.upstreams.values() {
+            for b in &g.backends {
+                if !keep.contains(&(g.name.to_string(), b.label.to_string())) {
+                    self.metrics.remove_backend(&g.name, &b.label);
+                }
+            }
+        }
+        for g in snap.upstreams.values() {
+            for b in &g.backends {
+                self.metrics
+                    .set_backend_health(&g.name, &b.label, b.is_healthy());
+            }
+        }
+        let version = snap.version;
+        self.state.publish(snap);
+        self.metrics
+            .config_reloads
+            .with_label_values(&[trigger, "ok"])
+            .inc();
+        self.metrics
+            .config_version
+            .set(i64::try_from(version).unwrap_or(i64::MAX));
+        let now = SystemTime::now()
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.metrics.config_last_success.set(now);
+        info!(
+            "config {} reloaded ({trigger}): version {version}",
+            self.path.display()
+        );
+        ReloadOutcome::Applied {
+            version,
+            restart_required: restart,
+        }
+    }
+
+    fn failed(&self, trigger: &'static str, e: ConfigErrors) -> ReloadOutcome {
+        error!(
+            "config reload ({trigger}) rejected, keeping version {}: {e}",
+            self.state.snapshot().version
+        );
+        self.metrics
+            .config_reloads
+            .with_label_values(&[trigger, "error"])
+            .inc();
+        ReloadOutcome::Failed(e)
+    }
+}
+
+/// Watches the config file and SIGHUP, and reloads on either.
+pub struct ReloadService {
+    pub reloader: Arc<Reloader>,
+    pub watch_file: bool,
+}
+
+/// Starts watching the directory of `path` (so a file replaced by rename is seen) and sends a
+/// unit on `tx` for every event that touches `path`.
+fn watch(
+    path: &Path,
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let target = path.file_name().map(|n| n.to_os_string());
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+    let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+        if let Ok(ev) = res {
+            let ours = ev.paths.is_empty()
+                || ev
+                    .paths
+                    .iter()
+                    .any(|p| p.file_name().map(|n| n.to_os_string()) == target);
+            if ours && !matches!(ev.kind, notify::EventKind::Access(_)) {
+                let _ = tx.send(());
+            }
+        }
+    })?;
+    w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    Ok(w)
+}
+
+#[async_trait]
+impl BackgroundService for ReloadService {
+    async fn start(&self, mut shutdown: ShutdownWatch) {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let _watcher = if self.watch_file {
+            match watch(self.reloader.path(), tx) {
+                Ok(w) => Some(w),
+                Err(e) => {
+                    warn!(
+                        "cannot watch {}: {e}; reload with SIGHUP or POST /reload",
+                        self.reloader.path().display()
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                warn!("cannot listen for SIGHUP: {e}");
+                None
+            }
+        };
+        loop {
+            tokio::select! {
+                _ = shutdown.changed() => return,
+                Some(()) = async { match hup.as_mut() { Some(h) => h.recv().await, None => std::future::pending().await } } => {
+                    self.reloader.reload("signal").await;
+                }
+                Some(()) = rx.recv() => {
+                    // let the writer finish: wait until the file has been quiet for DEBOUNCE
+                    while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
+                    self.reloader.reload("file").await;
+                }
+            }
+        }
+    }
+}
