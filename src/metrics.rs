@@ -34,6 +34,9 @@ pub struct Metrics {
     pub cache_size: IntGauge,
     pub config_last_success: prometheus::Gauge,
     pub config_restart_required: IntCounter,
+    pub breaker_state: IntGaugeVec,
+    pub breaker_transitions: IntCounterVec,
+    pub upstream_retries: IntCounterVec,
 }
 
 impl Metrics {
@@ -110,6 +113,27 @@ impl Metrics {
             "gatehouse_config_restart_required_total",
             "Applied reloads that also changed settings only a restart applies (listeners, threads, ...).",
         )?;
+        let breaker_state = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_circuit_breaker_state",
+                "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
+            ),
+            &["upstream", "backend"],
+        )?;
+        let breaker_transitions = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_circuit_breaker_transitions_total",
+                "Circuit breaker state changes per backend, by the state entered.",
+            ),
+            &["upstream", "backend", "to"],
+        )?;
+        let upstream_retries = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_upstream_retries_total",
+                "Upstream attempts retried on another backend, by reason.",
+            ),
+            &["upstream", "reason"],
+        )?;
         let plugin_decisions = IntCounterVec::new(
             Opts::new(
                 "gatehouse_plugin_decisions_total",
@@ -140,6 +164,9 @@ impl Metrics {
         registry.register(Box::new(cache_size.clone()))?;
         registry.register(Box::new(config_last_success.clone()))?;
         registry.register(Box::new(config_restart_required.clone()))?;
+        registry.register(Box::new(breaker_state.clone()))?;
+        registry.register(Box::new(breaker_transitions.clone()))?;
+        registry.register(Box::new(upstream_retries.clone()))?;
         registry.register(Box::new(build_info))?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
@@ -160,6 +187,9 @@ impl Metrics {
             cache_size,
             config_last_success,
             config_restart_required,
+            breaker_state,
+            breaker_transitions,
+            upstream_retries,
         })
     }
 
@@ -196,6 +226,21 @@ impl Metrics {
                 .with_label_values(&[plugin, route, result])
                 .inc(),
         }
+    }
+
+    /// Records a circuit breaker transition.
+    pub fn breaker_transition(
+        &self,
+        upstream: &str,
+        backend: &str,
+        to: crate::upstream::breaker::State,
+    ) {
+        self.breaker_state
+            .with_label_values(&[upstream, backend])
+            .set(to as i64);
+        self.breaker_transitions
+            .with_label_values(&[upstream, backend, to.as_str()])
+            .inc();
     }
 
     /// Removes the series of a backend that left the config.

@@ -39,6 +39,8 @@ pub struct Route {
     pub metrics: RouteMetrics,
     /// Largest request body accepted, in bytes.
     pub max_body_size: u64,
+    /// Total time upstream (all attempts and backoff), if limited.
+    pub timeout: Option<std::time::Duration>,
 }
 
 /// Settings that apply to every request.

@@ -99,7 +99,11 @@ async fn config_changes_under_load_never_fail_a_request() {
         }
         applied += 1;
         // swap the stable upstream's backend every other version
-        let (stable, other) = if applied.is_multiple_of(2) { (&a, &b) } else { (&b, &a) };
+        let (stable, other) = if applied.is_multiple_of(2) {
+            (&a, &b)
+        } else {
+            (&b, &a)
+        };
         let text = version(&ports, applied, stable, other);
         if step == 3 {
             // written in two halves, like a slow editor

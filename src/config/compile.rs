@@ -18,8 +18,10 @@ use super::raw::{RawBalance, RawConfig, RawMatch, RawPlugin, RawRoute, RawUpstre
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::router::{HostMatch, PathMatch, RouteMatch, Router};
 use crate::state::{Route, ServerSettings, Snapshot, UpstreamHost};
+use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::group::Timeouts;
 use crate::upstream::health::HealthSpec;
+use crate::upstream::retry::RetryPolicy;
 use crate::upstream::{HashKey, UpstreamGroup};
 
 /// Largest accepted backend weight (the selector's table grows with the sum of weights).
@@ -233,14 +235,99 @@ fn compile_upstream(
             ));
         }
     }
+    let breaker = raw.circuit_breaker.as_ref().and_then(|b| {
+        let bp = format!("{p}.circuit_breaker");
+        let mut ok = true;
+        for (v, field) in [
+            (b.consecutive_failures, "consecutive_failures"),
+            (b.min_requests, "min_requests"),
+            (b.half_open_requests, "half_open_requests"),
+        ] {
+            if v == 0 {
+                errors.push(ConfigError::new(
+                    format!("{bp}.{field}"),
+                    "must be at least 1",
+                ));
+                ok = false;
+            }
+        }
+        if !(b.failure_ratio > 0.0 && b.failure_ratio <= 1.0) {
+            errors.push(ConfigError::new(
+                format!("{bp}.failure_ratio"),
+                "must be in (0, 1]",
+            ));
+            ok = false;
+        }
+        for (d, field) in [(b.window, "window"), (b.open_for, "open_for")] {
+            if d.0 < std::time::Duration::from_millis(10) {
+                errors.push(ConfigError::new(
+                    format!("{bp}.{field}"),
+                    "must be at least 10ms",
+                ));
+                ok = false;
+            }
+        }
+        ok.then_some(BreakerConfig {
+            consecutive_failures: b.consecutive_failures,
+            failure_ratio: b.failure_ratio,
+            min_requests: b.min_requests,
+            window: b.window.0,
+            open_for: b.open_for.0,
+            half_open_requests: b.half_open_requests,
+        })
+    });
+    let retry = match &raw.retry {
+        None => RetryPolicy::default(),
+        Some(r) => {
+            let rp = format!("{p}.retry");
+            let mut policy = RetryPolicy {
+                attempts: r.attempts,
+                on_connect: false,
+                on_timeout: false,
+                on_reset: false,
+                on_status: Vec::new(),
+                backoff: r.backoff.map_or(std::time::Duration::ZERO, |b| b.0),
+                budget: r.budget,
+            };
+            if r.attempts > 10 {
+                errors.push(ConfigError::new(format!("{rp}.attempts"), "at most 10"));
+            }
+            if !(0.0..=1.0).contains(&r.budget) {
+                errors.push(ConfigError::new(
+                    format!("{rp}.budget"),
+                    "a fraction between 0 and 1",
+                ));
+            }
+            for (i, on) in r.on.iter().enumerate() {
+                match on.as_str() {
+                    "connect_failure" => policy.on_connect = true,
+                    "timeout" => policy.on_timeout = true,
+                    "reset" => policy.on_reset = true,
+                    s => match s.parse::<u16>() {
+                        Ok(code) if (500..=599).contains(&code) => policy.on_status.push(code),
+                        _ => errors.push(ConfigError::new(
+                            format!("{rp}.on[{i}]"),
+                            format!("`{s}`: use connect_failure, timeout, reset or a 5xx status"),
+                        )),
+                    },
+                }
+            }
+            policy
+        }
+    };
     if errors.len() > before {
         return None;
     }
+    let idle = raw
+        .pool
+        .as_ref()
+        .and_then(|p| p.idle_timeout)
+        .map_or(t.idle.0, |d| d.0);
     let timeouts = Timeouts {
         connect: t.connect.0,
         read: t.read.0,
         write: t.write.0,
-        idle: t.idle.0,
+        idle,
     };
     match UpstreamGroup::new(
         name,
@@ -249,6 +336,8 @@ fn compile_upstream(
         hash_key,
         health,
         timeouts,
+        breaker,
+        retry,
         previous.map(|g| &**g),
     ) {
         Ok(g) => Some(Arc::new(g)),
@@ -699,6 +788,7 @@ fn compile_route(
         return None;
     }
     let route = Route {
+        timeout: r.timeout.map(|t| t.0),
         max_body_size,
         id: r.id.as_str().into(),
         upstream: upstream?,

@@ -201,6 +201,86 @@ pub struct RawUpstream {
     pub health_check: Option<RawHealthCheck>,
     #[serde(default)]
     pub timeouts: RawTimeouts,
+    #[serde(default)]
+    pub circuit_breaker: Option<RawBreaker>,
+    #[serde(default)]
+    pub retry: Option<RawRetry>,
+    #[serde(default)]
+    pub pool: Option<RawPool>,
+}
+
+/// `circuit_breaker:` passive failure detection per backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawBreaker {
+    #[serde(default = "default_consecutive")]
+    pub consecutive_failures: u32,
+    #[serde(default = "default_ratio")]
+    pub failure_ratio: f64,
+    #[serde(default = "default_min_requests")]
+    pub min_requests: u32,
+    #[serde(default = "default_window")]
+    pub window: Dur,
+    #[serde(default = "default_window")]
+    pub open_for: Dur,
+    #[serde(default = "default_half_open")]
+    pub half_open_requests: u32,
+}
+
+fn default_consecutive() -> u32 {
+    5
+}
+fn default_ratio() -> f64 {
+    0.5
+}
+fn default_min_requests() -> u32 {
+    20
+}
+fn default_window() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
+}
+fn default_half_open() -> u32 {
+    1
+}
+
+/// `retry:` when a failed attempt is tried again on another backend.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRetry {
+    /// Extra tries after the first.
+    #[serde(default = "default_attempts")]
+    pub attempts: u32,
+    /// `connect_failure`, `timeout`, `reset`, or a status code such as `"503"`.
+    #[serde(default = "default_retry_on")]
+    pub on: Vec<String>,
+    #[serde(default)]
+    pub backoff: Option<Dur>,
+    /// Retries may add at most this fraction to the request volume.
+    #[serde(default = "default_budget")]
+    pub budget: f64,
+}
+
+fn default_attempts() -> u32 {
+    2
+}
+fn default_retry_on() -> Vec<String> {
+    vec!["connect_failure".into()]
+}
+fn default_budget() -> f64 {
+    0.2
+}
+
+/// `pool:` connections kept open to the backends.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawPool {
+    /// Idle connections kept per process (Pingora's pool is shared by all upstreams: the
+    /// largest value configured wins; read at startup).
+    #[serde(default)]
+    pub max_idle: Option<usize>,
+    /// How long an idle pooled connection is kept (overrides `timeouts.idle`).
+    #[serde(default)]
+    pub idle_timeout: Option<Dur>,
 }
 
 /// Balancing algorithm.
@@ -355,6 +435,9 @@ pub struct RawRoute {
     /// Overrides `server.limits.max_body_size` for this route.
     #[serde(default)]
     pub max_body_size: Option<Size>,
+    /// Total time for the request upstream, retries and backoff included.
+    #[serde(default)]
+    pub timeout: Option<Dur>,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
 }

@@ -30,8 +30,14 @@ pub struct Ctx {
     pub peer_ip: IpAddr,
     /// The backend of the current (last) attempt.
     pub backend: Option<Arc<BackendState>>,
-    /// Backends that failed to connect in this request (not tried again).
-    pub failed: Vec<SocketAddr>,
+    /// Backends tried by this request (a retry goes elsewhere).
+    pub tried: Vec<SocketAddr>,
+    /// Upstream attempts made so far.
+    pub attempts: u32,
+    /// Whether the current attempt's outcome went to the breaker.
+    pub attempt_recorded: bool,
+    /// Set when an attempt is ended to retry on this upstream status.
+    pub retry_status: Option<u16>,
     /// Why the gateway answered itself, for the access log.
     pub error: Option<&'static str>,
     /// Request body bytes received so far.
@@ -56,7 +62,10 @@ impl Ctx {
             start: Instant::now(),
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             backend: None,
-            failed: Vec::new(),
+            tried: Vec::new(),
+            attempts: 0,
+            attempt_recorded: false,
+            retry_status: None,
             error: None,
             body_bytes: 0,
             cache: None,

@@ -1,6 +1,7 @@
 //! The thin `ProxyHttp` implementation: each Pingora hook takes a few lines and delegates to
 //! the router, the plugin [`pipeline`], the upstream group or [`error_page`].
 
+pub mod attempts;
 pub mod cache;
 pub mod cache_store;
 pub mod conn;
@@ -14,7 +15,7 @@ use std::time::SystemTime;
 
 use async_trait::async_trait;
 use gatehouse_plugins::Reply;
-use pingora_core::upstreams::peer::{HttpPeer, Peer};
+use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
@@ -22,12 +23,7 @@ use pingora_proxy::{FailToProxy, ProxyHttp, Session};
 use crate::access_log::{self, AccessLog};
 use crate::metrics::{Metrics, RouteMetrics};
 use crate::state::{SharedState, UpstreamHost};
-use crate::upstream::HashKey;
 use ctx::Ctx;
-
-/// How many other backends a request tries after a connect failure (nothing was sent, so this
-/// is safe for every method).
-const CONNECT_RETRIES: usize = 2;
 
 /// The gateway's proxy logic.
 pub struct Gateway {
@@ -192,56 +188,37 @@ impl ProxyHttp for Gateway {
     }
 
     async fn upstream_peer(&self, s: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
-        let Some(route) = &ctx.route else {
-            return Err(Error::explain(
-                ErrorType::InternalError,
-                "no route at upstream_peer",
-            ));
-        };
-        let group = &route.upstream;
-        let ip_key;
-        let key: &[u8] = match &group.hash_key {
-            None => b"",
-            Some(HashKey::ClientIp) => {
-                ip_key = ctx.info.client_ip.to_string();
-                ip_key.as_bytes()
-            }
-            Some(HashKey::Path) => s.req_header().uri.path().as_bytes(),
-            Some(HashKey::Header(h)) => s.req_header().headers.get(h).map_or(b"", |v| v.as_bytes()),
-        };
-        let Some(backend) = group.select(key, &ctx.failed) else {
-            return Err(Error::explain(
-                ErrorType::HTTPStatus(503),
-                "no healthy backend",
-            ));
-        };
-        let mut peer = HttpPeer::new(backend.addr, false, String::new());
-        let t = &group.timeouts;
-        peer.options.connection_timeout = Some(t.connect);
-        peer.options.read_timeout = Some(t.read);
-        peer.options.write_timeout = Some(t.write);
-        peer.options.idle_timeout = Some(t.idle);
-        ctx.backend = Some(backend);
-        Ok(Box::new(peer))
+        attempts::upstream_peer(&self.metrics, s, ctx).await
     }
 
     fn fail_to_connect(
         &self,
-        _s: &mut Session,
+        s: &mut Session,
         peer: &HttpPeer,
         ctx: &mut Ctx,
-        mut e: Box<Error>,
+        e: Box<Error>,
     ) -> Box<Error> {
-        if let Some(addr) = peer.address().as_inet() {
-            ctx.failed.push(*addr);
-        }
-        let others = ctx.route.as_ref().map_or(0, |r| {
-            r.upstream.backends.len().saturating_sub(ctx.failed.len())
-        });
-        if ctx.failed.len() <= CONNECT_RETRIES && others > 0 {
-            e.set_retry(true);
-        }
-        e
+        attempts::fail_to_connect(&self.metrics, s, peer, ctx, e)
+    }
+
+    fn error_while_proxy(
+        &self,
+        peer: &HttpPeer,
+        s: &mut Session,
+        e: Box<Error>,
+        ctx: &mut Ctx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        attempts::error_while_proxy(&self.metrics, peer, s, e, ctx, client_reused)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        s: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        attempts::upstream_response(&self.metrics, s, resp, ctx)
     }
 
     async fn upstream_request_filter(

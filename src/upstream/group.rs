@@ -11,8 +11,12 @@ use std::time::Duration;
 use http::HeaderName;
 use pingora_load_balancing::Backend;
 
+use arc_swap::ArcSwapOption;
+
 use super::balancer::Balancer;
+use super::breaker::{Breaker, BreakerConfig, State};
 use super::health::HealthSpec;
+use super::retry::{RetryBudget, RetryPolicy};
 use crate::config::raw::RawUpstream;
 
 /// What a consistent-hash group hashes on.
@@ -40,6 +44,8 @@ pub struct BackendState {
     pub label: Arc<str>,
     healthy: AtomicBool,
     pub(crate) counters: Mutex<HealthCounters>,
+    /// The passive circuit breaker, when the group configures one.
+    pub breaker: ArcSwapOption<Breaker>,
 }
 
 impl BackendState {
@@ -51,6 +57,7 @@ impl BackendState {
             label: addr.to_string().into(),
             healthy: AtomicBool::new(healthy),
             counters: Mutex::new(HealthCounters::default()),
+            breaker: ArcSwapOption::empty(),
         }
     }
 
@@ -84,10 +91,22 @@ pub struct UpstreamGroup {
     pub backends: Vec<Arc<BackendState>>,
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
+    pub retry: RetryPolicy,
+    pub budget: RetryBudget,
+}
+
+/// Milliseconds on a monotonic clock (breakers and budgets).
+pub fn now_ms() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis() as u64
 }
 
 impl UpstreamGroup {
     /// Builds the group. `previous` lends the state of backends that stay (same address).
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         name: &str,
         raw: RawUpstream,
@@ -95,6 +114,8 @@ impl UpstreamGroup {
         hash_key: Option<HashKey>,
         health: Option<HealthSpec>,
         timeouts: Timeouts,
+        breaker: Option<BreakerConfig>,
+        retry: RetryPolicy,
         previous: Option<&UpstreamGroup>,
     ) -> Result<Self, String> {
         let old: HashMap<SocketAddr, &Arc<BackendState>> = previous
@@ -110,6 +131,17 @@ impl UpstreamGroup {
                 // its first probe before it gets traffic.
                 None => Arc::new(BackendState::new(addr, health.is_none())),
             };
+            // a breaker keeps its state while its settings stay the same
+            let keep = match (state.breaker.load().as_deref(), &breaker) {
+                (Some(b), Some(cfg)) => b.config() == cfg,
+                (None, None) => true,
+                _ => false,
+            };
+            if !keep {
+                state
+                    .breaker
+                    .store(breaker.map(|c| Arc::new(Breaker::new(c))));
+            }
             let mut b = Backend::new_with_weight(&addr.to_string(), weight)
                 .map_err(|e| format!("backend {addr}: {e}"))?;
             b.ext.insert(Arc::clone(&state));
@@ -126,16 +158,37 @@ impl UpstreamGroup {
             backends: states,
             health,
             timeouts,
+            retry,
+            budget: RetryBudget::default(),
         })
     }
 
-    /// Picks a healthy backend not in `exclude`; `key` is the consistent-hash key.
+    /// Picks a backend that is healthy (active checks), admitted by its breaker (passive) and
+    /// not in `exclude`; `key` is the consistent-hash key. `on_transition` hears of a breaker
+    /// moving to half-open.
     #[inline]
-    pub fn select(&self, key: &[u8], exclude: &[SocketAddr]) -> Option<Arc<BackendState>> {
+    pub fn select(
+        &self,
+        key: &[u8],
+        exclude: &[SocketAddr],
+        on_transition: &mut dyn FnMut(&BackendState, State),
+    ) -> Option<Arc<BackendState>> {
+        let now = now_ms();
+        let cell = std::cell::RefCell::new(on_transition);
         let b = self.balancer.select_with(key, |b| {
-            b.ext
-                .get::<Arc<BackendState>>()
-                .is_some_and(|s| s.is_healthy() && !exclude.contains(&s.addr))
+            b.ext.get::<Arc<BackendState>>().is_some_and(|s| {
+                if !s.is_healthy() || exclude.contains(&s.addr) {
+                    return false;
+                }
+                match s.breaker.load().as_deref() {
+                    None => true,
+                    Some(br) => br.admits(now, &mut |st| {
+                        if let Ok(mut f) = cell.try_borrow_mut() {
+                            f(s, st)
+                        }
+                    }),
+                }
+            })
         })?;
         b.ext.get::<Arc<BackendState>>().cloned()
     }

@@ -2,7 +2,9 @@
 //! ([`balancer`]), and their active health ([`health`]).
 
 pub mod balancer;
+pub mod breaker;
 pub mod group;
 pub mod health;
+pub mod retry;
 
 pub use group::{BackendState, HashKey, UpstreamGroup};
