@@ -145,6 +145,15 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace_period_seconds: Some(grace),
         upgrade_sock: server_cfg.upgrade_sock.clone(),
+        // Pingora keeps one pool of idle upstream connections per process
+        upstream_keepalive_pool_size: state
+            .snapshot()
+            .raw
+            .upstreams
+            .values()
+            .filter_map(|u| u.pool.as_ref().and_then(|p| p.max_idle))
+            .max()
+            .unwrap_or(128),
         ..ServerConf::default()
     };
     let opt = Opt {

@@ -35,18 +35,10 @@ pub fn classify(e: &Error) -> (u16, &'static str) {
 pub async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
     let (code, message) = classify(e);
     ctx.error.get_or_insert(message);
-    // only a refusal before anything was read or sent leaves the connection in a known state
-    let req = s.req_header();
-    let bodyless = !req.headers.contains_key(http::header::TRANSFER_ENCODING)
-        && req
-            .headers
-            .get(http::header::CONTENT_LENGTH)
-            .is_none_or(|v| v.as_bytes() == b"0");
-    let can_reuse = matches!(e.etype(), ErrorType::HTTPStatus(503)) && bodyless;
-    if !can_reuse {
-        // tell the client (`Connection: close`) instead of closing under its next request
-        s.set_keepalive(None);
-    }
+    // Pingora does not reuse the client connection after a proxy error (its reuse hint only
+    // covers errors before a backend is chosen): say so instead of closing under the
+    // client's next request
+    s.set_keepalive(None);
     if code > 0 && s.response_written().is_none() {
         if let Err(we) = pipeline::write_reply(s, Reply::error(code, message), ctx).await {
             log::debug!("writing the error reply failed: {we}");
@@ -54,7 +46,7 @@ pub async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToP
     }
     FailToProxy {
         error_code: code,
-        can_reuse_downstream: can_reuse,
+        can_reuse_downstream: false,
     }
 }
 
