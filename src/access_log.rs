@@ -29,6 +29,13 @@ pub struct Entry<'a> {
     /// Response body bytes sent to the client.
     pub bytes: usize,
     pub duration_ms: f64,
+    /// Time spent waiting for upstream response headers (all attempts), when one was asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upstream_ms: Option<f64>,
+    /// Attempts after the first.
+    pub retries: u32,
+    /// W3C trace id, as passed upstream in `traceparent`.
+    pub trace_id: &'a str,
     /// Why the gateway answered itself (`no route`, `no healthy backend`, ...), if it did.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<&'a str>,

@@ -107,7 +107,14 @@ impl ShutdownSignalWatch for Signals {
 
 /// Starts the gateway and blocks until it has shut down.
 pub fn run(opts: RunOptions) -> Result<(), AppError> {
-    let metrics = Arc::new(Metrics::new()?);
+    // the latency buckets are part of the config: peek at them before the metrics exist
+    let buckets = config::load_full(&opts.config)?
+        .raw
+        .server
+        .latency_buckets
+        .filter(|b| !b.is_empty())
+        .unwrap_or_else(|| crate::metrics::DURATION_BUCKETS.to_vec());
+    let metrics = Arc::new(Metrics::with_buckets(buckets)?);
     let registry = Registry::with_builtins();
     let snapshot = load(&opts.config, &registry, &metrics, None)?;
     metrics
@@ -179,6 +186,8 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
         inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
         state: Arc::clone(&state),
         active: Arc::new(AtomicUsize::new(0)),
+        active_gauge: metrics.connections_active.with_label_values(&["proxy"]),
+        accepted: metrics.connections_accepted.with_label_values(&["proxy"]),
     };
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     for l in &server_cfg.listen {

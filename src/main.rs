@@ -38,11 +38,21 @@ enum Command {
     Check,
 }
 
-fn init_logging() {
-    let env =
-        env_logger::Env::default().default_filter_or("info,pingora_core=warn,pingora_proxy=warn");
-    env_logger::Builder::from_env(env)
-        .target(env_logger::Target::Stderr)
+/// Logs go through `tracing` (Pingora's and gatehouse's `log` records are bridged) to stderr.
+/// `RUST_LOG` wins over `server.log_level`.
+fn init_logging(config: &std::path::Path) {
+    let from_config = gatehouse::config::load_full(config)
+        .ok()
+        .and_then(|l| l.raw.server.log_level);
+    let filter = std::env::var("RUST_LOG")
+        .ok()
+        .or(from_config)
+        .unwrap_or_else(|| "info,pingora_core=warn,pingora_proxy=warn".to_string());
+    let filter = tracing_subscriber::EnvFilter::try_new(&filter)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
         .init();
 }
 
@@ -78,7 +88,7 @@ fn main() -> ExitCode {
             }
         },
         Command::Run { upgrade } => {
-            init_logging();
+            init_logging(&cli.config);
             let opts = gatehouse::app::RunOptions {
                 config: cli.config,
                 upgrade,

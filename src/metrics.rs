@@ -23,6 +23,12 @@ pub struct Metrics {
     registry: Registry,
     pub http_requests: IntCounterVec,
     pub http_duration: HistogramVec,
+    pub http_request_size: HistogramVec,
+    pub http_response_size: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub connections_active: IntGaugeVec,
+    pub connections_accepted: IntCounterVec,
     pub backend_healthy: IntGaugeVec,
     pub config_reloads: IntCounterVec,
     pub config_version: IntGauge,
@@ -40,9 +46,67 @@ pub struct Metrics {
 }
 
 impl Metrics {
-    /// Creates and registers every metric (and the process collector).
+    /// Creates and registers every metric (and the process collector) with the default
+    /// latency buckets.
     pub fn new() -> Result<Self, prometheus::Error> {
+        Self::with_buckets(DURATION_BUCKETS.to_vec())
+    }
+
+    /// Like [`Metrics::new`] with the given latency buckets (seconds).
+    pub fn with_buckets(buckets: Vec<f64>) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
+        let sizes = prometheus::exponential_buckets(64.0, 4.0, 11)?;
+        let http_request_size = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_http_request_size_bytes",
+                "Request body size, by route.",
+            )
+            .buckets(sizes.clone()),
+            &["route"],
+        )?;
+        let http_response_size = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_http_response_size_bytes",
+                "Response body size sent to the client, by route.",
+            )
+            .buckets(sizes),
+            &["route"],
+        )?;
+        let upstream_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "gatehouse_upstream_request_duration_seconds",
+                "Time from choosing a backend to its response header, per attempt, by upstream.",
+            )
+            .buckets(buckets.clone()),
+            &["upstream"],
+        )?;
+        let upstream_errors = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_upstream_errors_total",
+                "Failed upstream attempts by upstream and kind (connect, timeout, reset, 5xx).",
+            ),
+            &["upstream", "kind"],
+        )?;
+        let connections_active = IntGaugeVec::new(
+            Opts::new(
+                "gatehouse_connections_active",
+                "Client connections open now, by listener.",
+            ),
+            &["listener"],
+        )?;
+        let connections_accepted = IntCounterVec::new(
+            Opts::new(
+                "gatehouse_connections_accepted_total",
+                "Client connections accepted, by listener.",
+            ),
+            &["listener"],
+        )?;
+        for r in [&http_request_size, &http_response_size, &upstream_duration] {
+            registry.register(Box::new(r.clone()))?;
+        }
+        registry.register(Box::new(upstream_errors.clone()))?;
+        registry.register(Box::new(connections_active.clone()))?;
+        registry.register(Box::new(connections_accepted.clone()))?;
         let http_requests = IntCounterVec::new(
             Opts::new(
                 "gatehouse_http_requests_total",
@@ -55,7 +119,7 @@ impl Metrics {
                 "gatehouse_http_request_duration_seconds",
                 "Time from the request head to the end of the response, by route.",
             )
-            .buckets(DURATION_BUCKETS.to_vec()),
+            .buckets(buckets),
             &["route"],
         )?;
         let backend_healthy = IntGaugeVec::new(
@@ -176,6 +240,12 @@ impl Metrics {
             registry,
             http_requests,
             http_duration,
+            http_request_size,
+            http_response_size,
+            upstream_duration,
+            upstream_errors,
+            connections_active,
+            connections_accepted,
             backend_healthy,
             config_reloads,
             config_version,
@@ -289,6 +359,8 @@ pub struct RouteMetrics {
     requests_vec: IntCounterVec,
     requests: [[OnceLock<IntCounter>; 6]; 10],
     duration: Histogram,
+    request_size: Histogram,
+    response_size: Histogram,
 }
 
 impl RouteMetrics {
@@ -299,7 +371,38 @@ impl RouteMetrics {
             requests_vec: metrics.http_requests.clone(),
             requests: Default::default(),
             duration: metrics.http_duration.with_label_values(&[route]),
+            request_size: metrics.http_request_size.with_label_values(&[route]),
+            response_size: metrics.http_response_size.with_label_values(&[route]),
         }
+    }
+
+    /// Counts request and response body sizes.
+    #[inline]
+    pub fn observe_sizes(&self, request: u64, response: u64) {
+        self.request_size.observe(request as f64);
+        self.response_size.observe(response as f64);
+    }
+
+    /// Removes this route's series (the route left the config).
+    pub fn remove(&self, metrics: &Metrics) {
+        for (mi, row) in self.requests.iter().enumerate() {
+            for (ci, cell) in row.iter().enumerate() {
+                if cell.get().is_some() {
+                    let _ = self.requests_vec.remove_label_values(&[
+                        &*self.route,
+                        METHODS[mi],
+                        CLASSES[ci],
+                    ]);
+                }
+            }
+        }
+        let _ = metrics.http_duration.remove_label_values(&[&*self.route]);
+        let _ = metrics
+            .http_request_size
+            .remove_label_values(&[&*self.route]);
+        let _ = metrics
+            .http_response_size
+            .remove_label_values(&[&*self.route]);
     }
 
     /// Counts one finished request.

@@ -191,6 +191,11 @@ impl Reloader {
                     .set_backend_health(&g.name, &b.label, b.is_healthy());
             }
         }
+        // series of routes that left the config go with them
+        let ids: HashSet<&str> = snap.routes.iter().map(|r| &*r.id).collect();
+        for r in prev.routes.iter().filter(|r| !ids.contains(&*r.id)) {
+            r.metrics.remove(&self.metrics);
+        }
         let version = snap.version;
         self.state.publish(snap);
         self.metrics

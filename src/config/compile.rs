@@ -618,6 +618,17 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             ));
         }
     }
+    if let Some(b) = &raw.server.latency_buckets {
+        if b.is_empty()
+            || b.iter().any(|v| !v.is_finite() || *v <= 0.0)
+            || b.windows(2).any(|w| w[0] >= w[1])
+        {
+            errors.push(ConfigError::new(
+                "server.latency_buckets",
+                "a non-empty list of increasing positive seconds",
+            ));
+        }
+    }
     if raw.server.cache.max_size.0 == 0 {
         errors.push(ConfigError::new(
             "server.cache.max_size",

@@ -50,6 +50,12 @@ pub struct RawServer {
     /// Reload when the config file changes.
     #[serde(default = "default_true")]
     pub watch_config: bool,
+    /// Latency histogram buckets in seconds (read at startup).
+    #[serde(default)]
+    pub latency_buckets: Option<Vec<f64>>,
+    /// Log filter when `RUST_LOG` is not set, e.g. `info` or `info,gatehouse=debug`.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 fn default_true() -> bool {
@@ -159,6 +165,8 @@ impl Default for RawServer {
             limits: RawLimits::default(),
             cache: RawCache::default(),
             watch_config: true,
+            latency_buckets: None,
+            log_level: None,
         }
     }
 }

@@ -85,6 +85,7 @@ pub async fn upstream_peer(
     };
     ctx.attempts += 1;
     ctx.attempt_recorded = false;
+    ctx.attempt_start = Some(std::time::Instant::now());
     let ip_key;
     let key: &[u8] = match &group.hash_key {
         None => b"",
@@ -114,6 +115,16 @@ pub async fn upstream_peer(
     peer.options.idle_timeout = Some(t.idle);
     ctx.backend = Some(backend);
     Ok(Box::new(peer))
+}
+
+/// Counts a failed attempt by kind (connect, timeout, reset, 5xx).
+fn upstream_error(metrics: &Metrics, ctx: &Ctx, kind: &str) {
+    if let Some(route) = &ctx.route {
+        metrics
+            .upstream_errors
+            .with_label_values(&[&route.upstream.name, kind])
+            .inc();
+    }
 }
 
 /// Feeds one attempt's outcome to the backend's breaker (once per attempt).
@@ -171,6 +182,7 @@ pub fn fail_to_connect(
     ctx: &mut Ctx,
     mut e: Box<Error>,
 ) -> Box<Error> {
+    upstream_error(metrics, ctx, "connect");
     record(metrics, ctx, false);
     let retry = may_retry(metrics, s, ctx, Reason::ConnectFailure);
     e.set_retry(retry);
@@ -195,6 +207,12 @@ pub fn error_while_proxy(
     if e.esource() == &pingora_error::ErrorSource::Downstream {
         e.set_retry(false);
         return e;
+    }
+    match reason {
+        Reason::Timeout => upstream_error(metrics, ctx, "timeout"),
+        Reason::Reset => upstream_error(metrics, ctx, "reset"),
+        // a 5xx that ends the attempt was counted when it arrived
+        _ => {}
     }
     record(metrics, ctx, false);
     if may_retry(metrics, s, ctx, reason) {
@@ -222,10 +240,19 @@ pub fn upstream_response(
     ctx: &mut Ctx,
 ) -> Result<()> {
     let status = resp.status.as_u16();
+    if let (Some(start), Some(route)) = (ctx.attempt_start, &ctx.route) {
+        let d = start.elapsed();
+        ctx.upstream_time += d;
+        metrics
+            .upstream_duration
+            .with_label_values(&[&route.upstream.name])
+            .observe(d.as_secs_f64());
+    }
     if status < 500 || resp.status.is_informational() {
         record(metrics, ctx, true);
         return Ok(());
     }
+    upstream_error(metrics, ctx, "5xx");
     record(metrics, ctx, false);
     let Some(route) = &ctx.route else {
         return Ok(());

@@ -36,13 +36,18 @@ pub struct Guarded<A> {
     pub inner: Arc<A>,
     pub state: Arc<SharedState>,
     pub active: Arc<AtomicUsize>,
+    /// `gatehouse_connections_active{listener="proxy"}`
+    pub active_gauge: prometheus::IntGauge,
+    /// `gatehouse_connections_accepted_total{listener="proxy"}`
+    pub accepted: prometheus::IntCounter,
 }
 
-struct ActiveGuard(Arc<AtomicUsize>);
+struct ActiveGuard(Arc<AtomicUsize>, prometheus::IntGauge);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::Relaxed);
+        self.1.dec();
     }
 }
 
@@ -57,8 +62,10 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             let snap = self.state.snapshot();
             (snap.server.max_connections, snap.server.header_read_timeout)
         };
+        self.accepted.inc();
+        self.active_gauge.inc();
         let before = self.active.fetch_add(1, Ordering::Relaxed);
-        let _guard = ActiveGuard(Arc::clone(&self.active));
+        let _guard = ActiveGuard(Arc::clone(&self.active), self.active_gauge.clone());
         if before >= max {
             log::debug!("max_connections ({max}) reached, closing a new connection");
             return None;

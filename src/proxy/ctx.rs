@@ -38,6 +38,12 @@ pub struct Ctx {
     pub attempt_recorded: bool,
     /// Set when an attempt is ended to retry on this upstream status.
     pub retry_status: Option<u16>,
+    /// When the current attempt started (backend chosen).
+    pub attempt_start: Option<Instant>,
+    /// Time spent waiting for upstream response headers, all attempts.
+    pub upstream_time: std::time::Duration,
+    /// The W3C trace this request belongs to.
+    pub trace: super::trace::Trace,
     /// Why the gateway answered itself, for the access log.
     pub error: Option<&'static str>,
     /// Request body bytes received so far.
@@ -66,6 +72,9 @@ impl Ctx {
             attempts: 0,
             attempt_recorded: false,
             retry_status: None,
+            attempt_start: None,
+            upstream_time: std::time::Duration::ZERO,
+            trace: super::trace::Trace::default(),
             error: None,
             body_bytes: 0,
             cache: None,

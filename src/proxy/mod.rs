@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod error_page;
 pub mod limits;
 pub mod pipeline;
+pub mod trace;
 
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -84,6 +85,12 @@ impl ProxyHttp for Gateway {
             let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
             ctx.info.client_ip = ctx::client_ip(peer, xff, fwd, &ctx.snap.server);
         }
+        ctx.trace = s
+            .req_header()
+            .headers
+            .get("traceparent")
+            .and_then(|v| trace::parse(v.as_bytes()))
+            .unwrap_or_else(trace::fresh);
         // no progress on the request body for this long ends the request
         s.set_read_timeout(Some(ctx.snap.server.body_read_timeout));
         Ok(())
@@ -280,6 +287,10 @@ impl ProxyHttp for Gateway {
             }
         }
         req.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        req.insert_header("traceparent", trace::upstream_header(&ctx.trace))?;
+        if !ctx.trace.continued {
+            req.remove_header("tracestate");
+        }
         if s.cache.enabled() {
             // fetch the whole object: HEAD becomes GET, Range and If-* go, a revalidation asks
             // with the stored validators
@@ -321,6 +332,8 @@ impl ProxyHttp for Gateway {
             Some(r) => {
                 r.metrics
                     .observe(&req.method, status, elapsed.as_secs_f64());
+                r.metrics
+                    .observe_sizes(ctx.body_bytes, s.body_bytes_sent() as u64);
                 for (plugin, result) in &ctx.info.outcomes {
                     self.metrics.plugin_outcome(plugin, &r.id, result);
                 }
@@ -354,6 +367,11 @@ impl ProxyHttp for Gateway {
             error: ctx.error,
             plugins: access_log::Outcomes(&ctx.info.outcomes),
             cache: ctx.cache_result,
+            upstream_ms: ctx
+                .attempt_start
+                .map(|_| (ctx.upstream_time.as_secs_f64() * 1e6).round() / 1e3),
+            retries: ctx.attempts.saturating_sub(1),
+            trace_id: &ctx.trace.trace_id,
         };
         self.access_log.write(&entry);
     }
