@@ -1,16 +1,14 @@
 //! The JSON access log: one line per request, written by a dedicated thread so a slow disk or
 //! a blocked stdout never stalls request handling. The request path only formats the line and
-//! hands it over a bounded channel; when the writer falls behind, lines are dropped and counted
+//! appends it to a bounded buffer; when the writer falls behind, lines are dropped and counted
 //! (`gatehouse_access_log_dropped_total`) rather than buffered without bound.
 
 use std::io::Write;
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use prometheus::IntCounter;
 use serde::Serialize;
-
-/// Lines that may wait for the writer.
-const QUEUE: usize = 65_536;
 
 /// One access log record.
 #[derive(Serialize)]
@@ -68,9 +66,29 @@ impl Serialize for Outcomes<'_> {
 }
 
 /// Where access log lines go.
+///
+/// Request threads append finished lines to a shared buffer under a short lock (the line is
+/// formatted before, outside it); a writer thread swaps the buffer out every
+/// [`FLUSH_EVERY`] and writes it. Producers never wake the writer, so logging costs no
+/// syscall or context switch per request. When the buffer holds [`MAX_PENDING`] bytes (the
+/// writer cannot keep up), further lines are dropped and counted.
 pub struct AccessLog {
-    tx: Option<SyncSender<Vec<u8>>>,
+    shared: Option<Arc<Shared>>,
     dropped: IntCounter,
+}
+
+struct Shared {
+    buf: Mutex<Vec<u8>>,
+    out: Mutex<Box<dyn Write + Send>>,
+}
+
+/// How often the writer thread writes what accumulated.
+pub const FLUSH_EVERY: Duration = Duration::from_millis(50);
+/// Bytes that may wait for the writer.
+pub const MAX_PENDING: usize = 16 << 20;
+
+thread_local! {
+    static LINE: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(Vec::with_capacity(512));
 }
 
 impl AccessLog {
@@ -78,7 +96,10 @@ impl AccessLog {
     pub fn open(target: &str, dropped: IntCounter) -> std::io::Result<Self> {
         let out: Box<dyn Write + Send> = match target {
             "off" => {
-                return Ok(AccessLog { tx: None, dropped });
+                return Ok(AccessLog {
+                    shared: None,
+                    dropped,
+                })
             }
             "stdout" => Box::new(std::io::stdout()),
             path => Box::new(
@@ -88,12 +109,20 @@ impl AccessLog {
                     .open(path)?,
             ),
         };
-        let (tx, rx) = sync_channel(QUEUE);
+        let shared = Arc::new(Shared {
+            buf: Mutex::new(Vec::with_capacity(64 * 1024)),
+            out: Mutex::new(out),
+        });
+        let weak = Arc::downgrade(&shared);
         std::thread::Builder::new()
             .name("gatehouse-access-log".into())
-            .spawn(move || writer(rx, out))?;
+            .spawn(move || loop {
+                std::thread::sleep(FLUSH_EVERY);
+                let Some(s) = weak.upgrade() else { return };
+                s.flush();
+            })?;
         Ok(AccessLog {
-            tx: Some(tx),
+            shared: Some(shared),
             dropped,
         })
     }
@@ -101,33 +130,48 @@ impl AccessLog {
     /// Whether lines are written at all (skip building them when not).
     #[inline]
     pub fn enabled(&self) -> bool {
-        self.tx.is_some()
+        self.shared.is_some()
     }
 
-    /// Queues one record; never blocks.
+    /// Queues one record; never blocks on I/O.
     pub fn write(&self, e: &Entry<'_>) {
-        let Some(tx) = &self.tx else { return };
-        let mut line = Vec::with_capacity(320);
-        if serde_json::to_writer(&mut line, e).is_err() {
-            return;
-        }
-        line.push(b'\n');
-        match tx.try_send(line) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => self.dropped.inc(),
+        let Some(shared) = &self.shared else { return };
+        LINE.with(|line| {
+            let mut line = line.borrow_mut();
+            line.clear();
+            if serde_json::to_writer(&mut *line, e).is_err() {
+                return;
+            }
+            line.push(b'\n');
+            let Ok(mut buf) = shared.buf.lock() else {
+                return;
+            };
+            if buf.len() + line.len() > MAX_PENDING {
+                self.dropped.inc();
+                return;
+            }
+            buf.extend_from_slice(&line);
+        });
+    }
+
+    /// Writes everything queued now (also called once the server has stopped).
+    pub fn flush(&self) {
+        if let Some(s) = &self.shared {
+            s.flush();
         }
     }
 }
 
-fn writer(rx: Receiver<Vec<u8>>, out: Box<dyn Write + Send>) {
-    let mut out = std::io::BufWriter::with_capacity(64 * 1024, out);
-    while let Ok(line) = rx.recv() {
-        let _ = out.write_all(&line);
-        // drain what is queued, then flush once: batches under load, prompt when idle
-        while let Ok(more) = rx.try_recv() {
-            let _ = out.write_all(&more);
+impl Shared {
+    fn flush(&self) {
+        let pending = match self.buf.lock() {
+            Ok(mut b) if !b.is_empty() => std::mem::replace(&mut *b, Vec::with_capacity(64 * 1024)),
+            _ => return,
+        };
+        if let Ok(mut out) = self.out.lock() {
+            let _ = out.write_all(&pending);
+            let _ = out.flush();
         }
-        let _ = out.flush();
     }
 }
 

@@ -36,6 +36,11 @@ pub enum AppError {
         path: String,
         source: std::io::Error,
     },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
 }
 
 /// How `run` was asked to start.
@@ -134,6 +139,26 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     }
 
     let server_cfg = snapshot.raw.server.clone();
+    if !opts.upgrade {
+        // fail before starting when a listener cannot be bound (Pingora would only panic in
+        // the service's thread and leave the process half up)
+        let admin = snapshot.raw.admin.listen.clone();
+        for addr in server_cfg.listen.iter().chain(std::iter::once(&admin)) {
+            std::net::TcpListener::bind(addr).map_err(|source| AppError::Listen {
+                addr: addr.clone(),
+                source,
+            })?;
+        }
+    }
+    // ... and if one still fails (a race), do not keep running without it
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if info.to_string().contains("Failed to build listeners") {
+            log::error!("a listener could not be started; exiting");
+            std::process::exit(1);
+        }
+    }));
     let admin_listen = snapshot.raw.admin.listen.clone();
     let access_log = Arc::new(
         AccessLog::open(&server_cfg.access_log, metrics.access_log_dropped.clone()).map_err(
@@ -152,6 +177,7 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
         grace_period_seconds: Some(grace),
         upgrade_sock: server_cfg.upgrade_sock.clone(),
+        work_stealing: server_cfg.work_stealing,
         // Pingora keeps one pool of idle upstream connections per process
         upstream_keepalive_pool_size: state
             .snapshot()
@@ -181,7 +207,12 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
         Arc::clone(&state),
         cache,
     ));
-    let gateway = Gateway::new(cache, Arc::clone(&state), Arc::clone(&metrics), access_log);
+    let gateway = Gateway::new(
+        cache,
+        Arc::clone(&state),
+        Arc::clone(&metrics),
+        Arc::clone(&access_log),
+    );
     let guarded = Guarded {
         inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
         state: Arc::clone(&state),
@@ -229,5 +260,7 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),
     });
+    // the last lines of the access log
+    access_log.flush();
     Ok(())
 }

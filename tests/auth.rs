@@ -523,6 +523,18 @@ async fn cors_preflight_origins_credentials_and_vary() {
     assert_eq!(r.status(), 401);
     // gateway errors carry Vary too
     b.stop().await;
+    // (connections the stopped backend still had open may answer for a moment)
+    let down = eventually(Duration::from_secs(5), || async {
+        c.get(gw.url("/api/x"))
+            .bearer_auth(&token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            == 502
+    })
+    .await;
+    assert!(down);
     let r = c
         .get(gw.url("/api/x"))
         .bearer_auth(&token)

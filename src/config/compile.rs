@@ -78,6 +78,7 @@ fn compile_upstream(
     name: &str,
     raw: &RawUpstream,
     previous: Option<&Arc<UpstreamGroup>>,
+    metrics: &Metrics,
     errors: &mut Vec<ConfigError>,
 ) -> Option<Arc<UpstreamGroup>> {
     let p = format!("upstreams.{name}");
@@ -340,7 +341,10 @@ fn compile_upstream(
         retry,
         previous.map(|g| &**g),
     ) {
-        Ok(g) => Some(Arc::new(g)),
+        Ok(mut g) => {
+            g.latency = Some(metrics.upstream_duration.with_label_values(&[name]));
+            Some(Arc::new(g))
+        }
         Err(e) => {
             errors.push(ConfigError::new(&p, e));
             None
@@ -648,7 +652,7 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
     let mut upstreams = HashMap::new();
     for (name, ru) in &raw.upstreams {
         let prev = env.previous.and_then(|s| s.upstreams.get(name));
-        if let Some(g) = compile_upstream(name, ru, prev, &mut errors) {
+        if let Some(g) = compile_upstream(name, ru, prev, env.metrics, &mut errors) {
             upstreams.insert(name.clone(), g);
         }
     }

@@ -56,6 +56,10 @@ pub struct RawServer {
     /// Log filter when `RUST_LOG` is not set, e.g. `info` or `info,gatehouse=debug`.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Let idle worker threads steal tasks from busy ones (Pingora's `work_stealing`). Off by
+    /// default: each worker runs its own connections, which is cheaper per request.
+    #[serde(default)]
+    pub work_stealing: bool,
 }
 
 fn default_true() -> bool {
@@ -167,6 +171,7 @@ impl Default for RawServer {
             watch_config: true,
             latency_buckets: None,
             log_level: None,
+            work_stealing: false,
         }
     }
 }

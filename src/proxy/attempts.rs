@@ -243,10 +243,9 @@ pub fn upstream_response(
     if let (Some(start), Some(route)) = (ctx.attempt_start, &ctx.route) {
         let d = start.elapsed();
         ctx.upstream_time += d;
-        metrics
-            .upstream_duration
-            .with_label_values(&[&route.upstream.name])
-            .observe(d.as_secs_f64());
+        if let Some(h) = &route.upstream.latency {
+            h.observe(d.as_secs_f64());
+        }
     }
     if status < 500 || resp.status.is_informational() {
         record(metrics, ctx, true);

@@ -85,12 +85,15 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
-/// A stream that fails reads of a request head that takes longer than its deadline.
+/// A stream that fails reads of a request head that takes longer than its deadline. The
+/// timer is only created when a read has to wait while a head is incomplete, so a head that
+/// arrives in one piece costs no timer at all.
 pub struct HeadDeadline {
     inner: Stream,
     timeout: Duration,
     /// `Some` while a head is being read.
-    deadline: Option<Pin<Box<Sleep>>>,
+    deadline: Option<Instant>,
+    sleep: Option<Pin<Box<Sleep>>>,
     /// how many bytes of `\r\n\r\n` the previous read ended with
     matched: u8,
     wrote_since_head: bool,
@@ -104,13 +107,21 @@ impl fmt::Debug for HeadDeadline {
     }
 }
 
+fn timed_out() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::TimedOut,
+        "request head not received in time",
+    )
+}
+
 impl HeadDeadline {
     /// Wraps `inner`; the first head's deadline starts now.
     pub fn new(inner: Stream, timeout: Duration) -> Self {
         HeadDeadline {
             inner,
             timeout,
-            deadline: Some(Box::pin(tokio::time::sleep(timeout))),
+            deadline: Some(Instant::now() + timeout),
+            sleep: None,
             matched: 0,
             wrote_since_head: false,
         }
@@ -124,6 +135,7 @@ impl HeadDeadline {
                 self.matched += 1;
                 if self.matched == 4 {
                     self.deadline = None;
+                    self.sleep = None;
                     self.matched = 0;
                     self.wrote_since_head = false;
                     return;
@@ -142,31 +154,36 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
-        if let Some(d) = this.deadline.as_mut() {
-            if d.as_mut().poll(cx).is_ready() {
-                return Poll::Ready(Err(std::io::Error::new(
-                    std::io::ErrorKind::TimedOut,
-                    "request head not received in time",
-                )));
+        if let Some(at) = this.deadline {
+            if Instant::now() >= at {
+                return Poll::Ready(Err(timed_out()));
             }
         }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            let n = buf.filled().len() - before;
-            if n > 0 {
+        match &r {
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
                 if this.deadline.is_none() && this.wrote_since_head {
                     // first bytes of the next request on this connection
-                    this.deadline = Some(Box::pin(tokio::time::sleep_until(
-                        Instant::now() + this.timeout,
-                    )));
+                    this.deadline = Some(Instant::now() + this.timeout);
+                    this.sleep = None;
                     this.matched = 0;
                 }
                 if this.deadline.is_some() {
-                    let filled = buf.filled()[before..].to_vec();
-                    this.scan(&filled);
+                    this.scan(&buf.filled()[before..]);
                 }
             }
+            Poll::Pending => {
+                if let Some(at) = this.deadline {
+                    let sleep = this
+                        .sleep
+                        .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at)));
+                    if sleep.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Err(timed_out()));
+                    }
+                }
+            }
+            _ => {}
         }
         r
     }

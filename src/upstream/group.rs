@@ -93,6 +93,8 @@ pub struct UpstreamGroup {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub budget: RetryBudget,
+    /// `gatehouse_upstream_request_duration_seconds{upstream}`, resolved once.
+    pub latency: Option<prometheus::Histogram>,
 }
 
 /// Milliseconds on a monotonic clock (breakers and budgets).
@@ -160,6 +162,7 @@ impl UpstreamGroup {
             timeouts,
             retry,
             budget: RetryBudget::default(),
+            latency: None,
         })
     }
 

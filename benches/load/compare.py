@@ -1,0 +1,303 @@
+#!/usr/bin/env python3
+"""Side-by-side load comparison: nginx as a reverse proxy vs gatehouse (no plugins, full
+chain, cache hits), all in front of the same nginx backend, on this machine.
+
+Layout (2 cores): the proxy under test is pinned to core 0 with one worker; the nginx backend
+and wrk share core 1. Runs are interleaved (A B C D A B C D ...) and repeated; the table shows
+medians. CPU time per request is the proxy process's utime+stime from /proc/PID/stat before and
+after a run, divided by the requests served: far steadier than req/s on a shared machine.
+
+Usage: benches/load/compare.py [--duration 5] [--repeat 3] [--connections 64] [--idle 1000]
+Needs: nginx and wrk (Debian packages), a release build of gatehouse (built if missing).
+"""
+import argparse
+import base64
+import hashlib
+import hmac
+import json
+import os
+import re
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+SECRET = "bench-secret-bench-secret-bench-secret"
+
+
+def free_port():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    p = s.getsockname()[1]
+    s.close()
+    return p
+
+
+def wait_port(port, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), 0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"port {port} did not open")
+
+
+def cpu_ticks(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    # utime, stime are fields 14 and 15 (1-based); after the ")" split they are 12, 13
+    return int(fields[11]) + int(fields[12])
+
+
+def children_ticks(pid):
+    """CPU ticks of `pid` and its direct children (nginx master + worker)."""
+    total = cpu_ticks(pid)
+    try:
+        for c in open(f"/proc/{pid}/task/{pid}/children").read().split():
+            total += cpu_ticks(int(c))
+    except OSError:
+        pass
+    return total
+
+
+def rss_hwm_kb(pid):
+    total = 0
+    pids = [pid]
+    try:
+        pids += [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        pass
+    for p in pids:
+        with open(f"/proc/{p}/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    total += int(line.split()[1])
+    return total
+
+
+def jwt():
+    def b64(b):
+        return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+    header = b64(json.dumps({"alg": "HS256", "typ": "JWT"}).encode())
+    payload = b64(json.dumps({"sub": "bench", "exp": int(time.time()) + 86400}).encode())
+    sig = hmac.new(SECRET.encode(), f"{header}.{payload}".encode(), hashlib.sha256).digest()
+    return f"{header}.{payload}.{b64(sig)}"
+
+
+NGINX_BACKEND = """
+worker_processes 1;
+daemon off;
+pid {dir}/backend.pid;
+error_log {dir}/backend-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{ add_header Cache-Control "public, max-age=3600"; return 200 "hello from the backend\\n"; }}
+  }}
+}}
+"""
+
+NGINX_PROXY = """
+worker_processes 1;
+daemon off;
+pid {dir}/proxy.pid;
+error_log {dir}/proxy-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+    }}
+  }}
+}}
+"""
+
+
+def gatehouse_config(port, admin, backend, chain, access_log):
+    plugins = ""
+    if chain == "full":
+        plugins = f"""    plugins:
+      - cors: {{ allow_origins: ["https://app.example.com"], allow_credentials: true }}
+      - jwt: {{ keys: [{{ algorithm: HS256, secret: "{SECRET}" }}] }}
+      - rate_limit: {{ key: client_ip, requests: 100000000, per: 1s }}
+      - headers: {{ request: {{ set: {{ X-Env: bench }} }}, response: {{ set: {{ X-Served-By: gatehouse }} }} }}
+"""
+    elif chain == "cache":
+        plugins = """    plugins:
+      - cache: { default_ttl: 3600s }
+"""
+    return f"""server:
+  listen: ["127.0.0.1:{port}"]
+  threads: 1
+  grace_period: 1s
+  access_log: {access_log}
+  watch_config: false
+  log_level: warn
+  limits: {{ max_connections: 100000 }}
+admin:
+  listen: "127.0.0.1:{admin}"
+upstreams:
+  backend:
+    backends: ["127.0.0.1:{backend}"]
+    pool: {{ max_idle: 256 }}
+routes:
+  - id: bench
+    upstream: backend
+{plugins}"""
+
+
+def run_wrk(port, duration, conns, headers):
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
+    for h in headers:
+        cmd += ["-H", h]
+    cmd.append(f"http://127.0.0.1:{port}/bench")
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def lat(label):
+        m = re.search(rf"{label}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v * {"us": 1, "ms": 1000, "s": 1e6}[unit]
+
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    socket_err = re.search(r"Socket errors: (.*)", out)
+    return {"requests": reqs, "rps": rps, "p50": lat("50"), "p99": lat("99"),
+            "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_err.group(1) if socket_err else ""}
+
+
+def idle_connections(port, n):
+    socks = []
+    for _ in range(n):
+        s = socket.create_connection(("127.0.0.1", port))
+        s.sendall(b"GET /bench HTTP/1.1\r\nHost: b\r\n\r\n")
+        socks.append(s)
+    time.sleep(1.0)
+    for s in socks:
+        try:
+            s.recv(65536)
+        except OSError:
+            pass
+    return socks
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--duration", type=int, default=5)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--connections", type=int, default=64)
+    ap.add_argument("--idle", type=int, default=1000)
+    args = ap.parse_args()
+    for tool in ("nginx", "wrk", "taskset"):
+        if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
+            sys.exit(f"{tool} is needed (apt-get install -y nginx wrk)")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    binary = os.path.join(ROOT, "target/release/gatehouse")
+    if not os.path.exists(binary) or os.environ.get("BUILD", "1") == "1":
+        subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse"], cwd=ROOT, check=True)
+
+    tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
+    procs = []
+    try:
+        backend_port = free_port()
+        with open(f"{tmp}/backend.conf", "w") as f:
+            f.write(NGINX_BACKEND.format(dir=tmp, port=backend_port))
+        procs.append(subprocess.Popen(["taskset", "-c", "1", nginx, "-c", f"{tmp}/backend.conf", "-p", tmp],
+                                      stderr=subprocess.DEVNULL))
+        wait_port(backend_port)
+
+        proxies = {}
+        port = free_port()
+        with open(f"{tmp}/proxy.conf", "w") as f:
+            f.write(NGINX_PROXY.format(dir=tmp, port=port, backend=backend_port))
+        p = subprocess.Popen(["taskset", "-c", "0", nginx, "-c", f"{tmp}/proxy.conf", "-p", tmp], stderr=subprocess.DEVNULL)
+        procs.append(p)
+        proxies["nginx proxy"] = (p, port, [])
+        token = jwt()
+        for name, chain, log in [("gatehouse (no plugins)", "none", "off"),
+                                 ("gatehouse (full chain)", "full", f"{tmp}/access.log"),
+                                 ("gatehouse (cache hits)", "cache", "off")]:
+            port, admin = free_port(), free_port()
+            cfg = f"{tmp}/{chain}.yaml"
+            with open(cfg, "w") as f:
+                f.write(gatehouse_config(port, admin, backend_port, chain, log))
+            env = dict(os.environ, RUST_LOG="warn")
+            p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "-c", cfg], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/{chain}.err", "w"))
+            procs.append(p)
+            headers = []
+            if chain == "full":
+                headers = [f"Authorization: Bearer {token}", "Origin: https://app.example.com"]
+            proxies[name] = (p, port, headers)
+        for _, (p, port, _) in proxies.items():
+            wait_port(port)
+        time.sleep(2.5)  # first health round, warm pools
+
+        results = {name: [] for name in proxies}
+        direct = []
+        for rep in range(args.repeat):
+            for name, (p, port, headers) in proxies.items():
+                before = children_ticks(p.pid)
+                r = run_wrk(port, args.duration, args.connections, headers)
+                after = children_ticks(p.pid)
+                r["cpu_us"] = (after - before) / CLK_TCK / max(r["requests"], 1) * 1e6
+                results[name].append(r)
+            direct.append(run_wrk(backend_port, args.duration, args.connections, []))
+
+        idle = {}
+        for name, (p, port, _) in proxies.items():
+            socks = idle_connections(port, args.idle)
+            idle[name] = rss_hwm_kb(p.pid)
+            for s in socks:
+                s.close()
+
+        def med(rows, key):
+            return statistics.median(r[key] for r in rows)
+
+        base = results["nginx proxy"]
+        b_cpu, b_rps, b_p99 = med(base, "cpu_us"), med(base, "rps"), med(base, "p99")
+        print(f"\n{args.repeat} interleaved runs of {args.duration}s, {args.connections} connections, medians; "
+              f"proxy on core 0, backend + wrk on core 1\n")
+        print(f"| proxy | req/s | p50 us | p99 us | CPU us/req | CPU vs nginx | req/s vs nginx | p99 vs nginx | peak RSS MiB ({args.idle} idle conns) | RSS vs nginx |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
+        for name, rows in results.items():
+            cpu, rps, p99 = med(rows, "cpu_us"), med(rows, "rps"), med(rows, "p99")
+            bad = sum(r["non2xx"] for r in rows)
+            note = f" ({bad} non-2xx!)" if bad else ""
+            print(f"| {name}{note} | {rps:,.0f} | {med(rows, 'p50'):.0f} | {p99:.0f} | {cpu:.1f} | {cpu / b_cpu:.2f}x | "
+                  f"{rps / b_rps:.2f}x | {p99 / b_p99:.2f}x | {idle[name] / 1024:.1f} | {idle[name] / idle['nginx proxy']:.2f}x |")
+        print(f"| backend direct (ceiling) | {med(direct, 'rps'):,.0f} | {med(direct, 'p50'):.0f} | {med(direct, 'p99'):.0f} | | | "
+              f"{med(direct, 'rps') / b_rps:.2f}x | | | |")
+    finally:
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGINT if p.args[-1].endswith(".yaml") else signal.SIGQUIT)
+            except OSError:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
