@@ -7,6 +7,7 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use gatehouse_plugins::Registry;
 use log::info;
+use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
 use pingora_core::services::background::background_service;
@@ -222,7 +223,11 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     };
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     for l in &server_cfg.listen {
-        proxy.add_tcp(l);
+        // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);
+        // gatehouse serves plain HTTP, where a smaller one saves memory per idle connection
+        let read = usize::try_from(server_cfg.read_buffer.0).unwrap_or(16 << 10);
+        proxy
+            .add_listener(ListenerConfig::tcp(l).l4_buffer(L4BufferSettings::default().read(read)));
     }
     let mut admin = Service::new(
         "gatehouse admin".to_string(),

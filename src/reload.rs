@@ -78,6 +78,15 @@ fn restart_required(a: &RawServer, a_admin: &str, b: &Snapshot) -> Vec<&'static 
     if a.grace_period != s.grace_period {
         v.push("server.grace_period");
     }
+    if a.read_buffer != s.read_buffer {
+        v.push("server.read_buffer");
+    }
+    if a.work_stealing != s.work_stealing {
+        v.push("server.work_stealing");
+    }
+    if a.latency_buckets != s.latency_buckets {
+        v.push("server.latency_buckets");
+    }
     if a_admin != b.raw.admin.listen {
         v.push("admin.listen");
     }

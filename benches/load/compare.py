@@ -210,8 +210,10 @@ def main():
             sys.exit(f"{tool} is needed (apt-get install -y nginx wrk)")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     binary = os.path.join(ROOT, "target/release/gatehouse")
+    bare = os.path.join(ROOT, "target/release/examples/bare_pingora")
     if not os.path.exists(binary) or os.environ.get("BUILD", "1") == "1":
-        subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse", "--example", "bare_pingora"], cwd=ROOT, check=True)
+
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
     procs = []
@@ -230,6 +232,12 @@ def main():
         p = subprocess.Popen(["taskset", "-c", "0", nginx, "-c", f"{tmp}/proxy.conf", "-p", tmp], stderr=subprocess.DEVNULL)
         procs.append(p)
         proxies["nginx proxy"] = (p, port, [])
+        if os.path.exists(bare):
+            port = free_port()
+            p = subprocess.Popen(["taskset", "-c", "0", bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            proxies["bare Pingora (reference)"] = (p, port, [])
         token = jwt()
         for name, chain, log in [("gatehouse (no plugins)", "none", "off"),
                                  ("gatehouse (full chain)", "full", f"{tmp}/access.log"),
@@ -288,7 +296,8 @@ def main():
     finally:
         for p in procs:
             try:
-                p.send_signal(signal.SIGINT if p.args[-1].endswith(".yaml") else signal.SIGQUIT)
+                # nginx: graceful quit takes its workers along; the others: kill
+                p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGKILL)
             except OSError:
                 pass
         for p in procs:

@@ -56,6 +56,9 @@ pub struct RawServer {
     /// Log filter when `RUST_LOG` is not set, e.g. `info` or `info,gatehouse=debug`.
     #[serde(default)]
     pub log_level: Option<String>,
+    /// Read buffer per client connection (read at startup).
+    #[serde(default = "default_read_buffer")]
+    pub read_buffer: Size,
     /// Let idle worker threads steal tasks from busy ones (Pingora's `work_stealing`). Off by
     /// default: each worker runs its own connections, which is cheaper per request.
     #[serde(default)]
@@ -64,6 +67,9 @@ pub struct RawServer {
 
 fn default_true() -> bool {
     true
+}
+fn default_read_buffer() -> Size {
+    Size(16 << 10)
 }
 
 /// `server.cache:` the response cache shared by every route with a `cache` plugin.
@@ -172,6 +178,7 @@ impl Default for RawServer {
             latency_buckets: None,
             log_level: None,
             work_stealing: false,
+            read_buffer: default_read_buffer(),
         }
     }
 }
