@@ -44,6 +44,9 @@ pub struct Ctx {
     pub upstream_time: std::time::Duration,
     /// The W3C trace this request belongs to.
     pub trace: super::trace::Trace,
+    /// `info.request_id` as a header value, built once and shared (refcounted) by every
+    /// header that carries it.
+    request_id_header: Option<http::HeaderValue>,
     /// Why the gateway answered itself, for the access log.
     pub error: Option<&'static str>,
     /// Request body bytes received so far.
@@ -75,12 +78,26 @@ impl Ctx {
             attempt_start: None,
             upstream_time: std::time::Duration::ZERO,
             trace: super::trace::Trace::default(),
+            request_id_header: None,
             error: None,
             body_bytes: 0,
             cache: None,
             cache_stored: false,
             cache_result: None,
         }
+    }
+}
+
+impl Ctx {
+    /// The request id as a header value (made once, then cloned by reference count).
+    pub fn request_id_value(&mut self) -> http::HeaderValue {
+        if let Some(v) = &self.request_id_header {
+            return v.clone();
+        }
+        let v = http::HeaderValue::from_str(&self.info.request_id)
+            .unwrap_or_else(|_| http::HeaderValue::from_static("invalid"));
+        self.request_id_header = Some(v.clone());
+        v
     }
 }
 

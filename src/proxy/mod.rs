@@ -279,15 +279,19 @@ impl ProxyHttp for Gateway {
         };
         req.insert_header("x-forwarded-for", xff)?;
         if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
-            req.insert_header("x-forwarded-proto", "http")?;
+            req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
         }
         if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
             if let Some(h) = s.req_header().headers.get(http::header::HOST).cloned() {
                 req.insert_header("x-forwarded-host", h)?;
             }
         }
-        req.insert_header("x-request-id", ctx.info.request_id.as_str())?;
-        req.insert_header("traceparent", trace::upstream_header(&ctx.trace))?;
+        req.insert_header("x-request-id", ctx.request_id_value())?;
+        req.insert_header(
+            "traceparent",
+            http::HeaderValue::try_from(trace::upstream_header(&ctx.trace))
+                .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?,
+        )?;
         if !ctx.trace.continued {
             req.remove_header("tracestate");
         }
@@ -306,7 +310,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         pipeline::response_filter(s, resp, ctx).await?;
-        resp.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+        resp.insert_header("x-request-id", ctx.request_id_value())?;
         if let Some((value, label)) = cache::status(s, ctx) {
             resp.insert_header("cache-status", value)?;
             ctx.cache_result = Some(label);

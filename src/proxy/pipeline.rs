@@ -118,7 +118,7 @@ pub async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Result
         resp.append_header(n, v)?;
     }
     response_filter(s, &mut resp, ctx).await?;
-    resp.insert_header("x-request-id", ctx.info.request_id.as_str())?;
+    resp.insert_header("x-request-id", ctx.request_id_value())?;
     let head_only = s.req_header().method == http::Method::HEAD || body.is_empty();
     s.write_response_header(Box::new(resp), head_only).await?;
     if !head_only {

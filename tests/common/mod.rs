@@ -356,7 +356,22 @@ impl TestGateway {
             };
             let path = if wait_ready { "/ready" } else { "/health" };
             match gw.wait_admin(path, Duration::from_secs(15)).await {
-                Ok(()) => return gw,
+                Ok(()) => {
+                    // the proxy listener starts beside the admin one; a port taken between
+                    // free_port() and the bind makes the gateway exit: check it is up
+                    tokio::time::sleep(Duration::from_millis(150)).await;
+                    let alive = matches!(gw.child.try_wait(), Ok(None));
+                    let listening = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+                        .await
+                        .is_ok();
+                    if alive && listening {
+                        return gw;
+                    }
+                    last_err = format!(
+                        "proxy listener not up (alive {alive})\nstderr:\n{}",
+                        gw.stderr()
+                    );
+                }
                 Err(e) => last_err = format!("{e}\nstderr:\n{}", gw.stderr()),
             }
         }
