@@ -46,18 +46,7 @@ pub fn load_full(path: &Path) -> Result<Loaded, ConfigErrors> {
 /// Reads and types a config file. Collects every `${VAR}` error; a type error (unknown key,
 /// wrong type) stops at the first one, with its path.
 pub fn load_file(path: &Path) -> Result<RawConfig, ConfigErrors> {
-    let file = path.display().to_string();
-    let fail = |errors: Vec<ConfigError>| ConfigErrors {
-        file: file.clone(),
-        errors,
-    };
-    let text = std::fs::read_to_string(path).map_err(|e| {
-        fail(vec![ConfigError::new(
-            "",
-            format!("cannot read the file: {e}"),
-        )])
-    })?;
-    parse_str(&text).map_err(fail)
+    load_full(path).map(|l| l.raw)
 }
 
 /// Parses config text (see [`load_file`]), reading variables from the process environment.
