@@ -14,9 +14,9 @@ use serde::Serialize;
 #[derive(Serialize)]
 pub struct Entry<'a> {
     /// RFC 3339 UTC time the request finished.
-    pub time: String,
+    pub time: Timestamp,
     pub request_id: &'a str,
-    pub client_ip: String,
+    pub client_ip: std::net::IpAddr,
     pub method: &'a str,
     pub host: &'a str,
     pub path: &'a str,
@@ -175,8 +175,9 @@ impl Shared {
     }
 }
 
-/// Formats `t` as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
+/// Writes `t` as RFC 3339 UTC with milliseconds (`2026-11-26T01:27:10.629Z`, 24 bytes)
+/// into `buf`, without allocating.
+pub fn rfc3339_into(t: std::time::SystemTime, buf: &mut [u8; 24]) -> &str {
     let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
     let secs = d.as_secs() as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
@@ -189,14 +190,49 @@ pub fn rfc3339(t: std::time::SystemTime) -> String {
     let mp = (5 * doy + 2) / 153;
     let day = doy - (153 * mp + 2) / 5 + 1;
     let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        d.subsec_millis()
-    )
+    let year = (yoe + era * 400 + i64::from(month <= 2)).clamp(0, 9999) as u64;
+    let mut put = |at: usize, v: u64, width: usize| {
+        let mut v = v;
+        for k in (0..width).rev() {
+            buf[at + k] = b'0' + (v % 10) as u8;
+            v /= 10;
+        }
+    };
+    put(0, year, 4);
+    put(5, month as u64, 2);
+    put(8, day as u64, 2);
+    put(11, (rem / 3600) as u64, 2);
+    put(14, ((rem % 3600) / 60) as u64, 2);
+    put(17, (rem % 60) as u64, 2);
+    put(20, u64::from(d.subsec_millis()), 3);
+    for (at, c) in [
+        (4, b'-'),
+        (7, b'-'),
+        (10, b'T'),
+        (13, b':'),
+        (16, b':'),
+        (19, b'.'),
+        (23, b'Z'),
+    ] {
+        buf[at] = c;
+    }
+    std::str::from_utf8(&buf[..]).unwrap_or("1970-01-01T00:00:00.000Z")
+}
+
+/// Formats `t` as RFC 3339 UTC with milliseconds.
+pub fn rfc3339(t: std::time::SystemTime) -> String {
+    let mut buf = [0u8; 24];
+    rfc3339_into(t, &mut buf).to_string()
+}
+
+/// A timestamp that serializes as RFC 3339 without allocating.
+pub struct Timestamp(pub std::time::SystemTime);
+
+impl Serialize for Timestamp {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 24];
+        s.serialize_str(rfc3339_into(self.0, &mut buf))
+    }
 }
 
 #[cfg(test)]

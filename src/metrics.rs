@@ -282,20 +282,30 @@ impl Metrics {
 
     /// Counts a plugin decision reported through `RequestInfo::outcomes`.
     pub fn plugin_outcome(&self, plugin: &str, route: &str, result: &str) {
+        self.plugin_outcome_counter(plugin, route, result).inc();
+    }
+
+    /// The counter a plugin decision goes to.
+    pub fn plugin_outcome_counter(&self, plugin: &str, route: &str, result: &str) -> IntCounter {
         match plugin {
-            "jwt" => self
-                .jwt_validations
-                .with_label_values(&[route, result])
-                .inc(),
-            "rate_limit" => self
-                .ratelimit_decisions
-                .with_label_values(&[route, result])
-                .inc(),
+            "jwt" => self.jwt_validations.with_label_values(&[route, result]),
+            "rate_limit" => self.ratelimit_decisions.with_label_values(&[route, result]),
             _ => self
                 .plugin_decisions
-                .with_label_values(&[plugin, route, result])
-                .inc(),
+                .with_label_values(&[plugin, route, result]),
         }
+    }
+
+    fn remove_plugin_outcome(&self, plugin: &str, route: &str, result: &str) {
+        let _ = match plugin {
+            "jwt" => self.jwt_validations.remove_label_values(&[route, result]),
+            "rate_limit" => self
+                .ratelimit_decisions
+                .remove_label_values(&[route, result]),
+            _ => self
+                .plugin_decisions
+                .remove_label_values(&[plugin, route, result]),
+        };
     }
 
     /// Records a circuit breaker transition.
@@ -361,6 +371,8 @@ pub struct RouteMetrics {
     duration: Histogram,
     request_size: Histogram,
     response_size: Histogram,
+    /// plugin decision counters of this route, resolved on first use
+    outcomes: std::sync::RwLock<Vec<(&'static str, &'static str, IntCounter)>>,
 }
 
 impl RouteMetrics {
@@ -373,6 +385,24 @@ impl RouteMetrics {
             duration: metrics.http_duration.with_label_values(&[route]),
             request_size: metrics.http_request_size.with_label_values(&[route]),
             response_size: metrics.http_response_size.with_label_values(&[route]),
+            outcomes: std::sync::RwLock::new(Vec::new()),
+        }
+    }
+
+    /// Counts a plugin decision on this route (no label hashing after the first time).
+    pub fn outcome(&self, metrics: &Metrics, plugin: &'static str, result: &'static str) {
+        if let Ok(list) = self.outcomes.read() {
+            if let Some((_, _, c)) = list.iter().find(|(p, r, _)| *p == plugin && *r == result) {
+                c.inc();
+                return;
+            }
+        }
+        let c = metrics.plugin_outcome_counter(plugin, &self.route, result);
+        c.inc();
+        if let Ok(mut list) = self.outcomes.write() {
+            if !list.iter().any(|(p, r, _)| *p == plugin && *r == result) {
+                list.push((plugin, result, c));
+            }
         }
     }
 
@@ -394,6 +424,11 @@ impl RouteMetrics {
                         CLASSES[ci],
                     ]);
                 }
+            }
+        }
+        if let Ok(list) = self.outcomes.read() {
+            for (p, r, _) in list.iter() {
+                metrics.remove_plugin_outcome(p, &self.route, r);
             }
         }
         let _ = metrics.http_duration.remove_label_values(&[&*self.route]);

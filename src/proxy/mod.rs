@@ -339,7 +339,7 @@ impl ProxyHttp for Gateway {
                 r.metrics
                     .observe_sizes(ctx.body_bytes, s.body_bytes_sent() as u64);
                 for (plugin, result) in &ctx.info.outcomes {
-                    self.metrics.plugin_outcome(plugin, &r.id, result);
+                    r.metrics.outcome(&self.metrics, plugin, result);
                 }
                 if let Some(result) = ctx.cache_result {
                     self.metrics
@@ -356,9 +356,9 @@ impl ProxyHttp for Gateway {
             return;
         }
         let entry = access_log::Entry {
-            time: access_log::rfc3339(SystemTime::now()),
+            time: access_log::Timestamp(SystemTime::now()),
             request_id: &ctx.info.request_id,
-            client_ip: ctx.info.client_ip.to_string(),
+            client_ip: ctx.info.client_ip,
             method: req.method.as_str(),
             host: host_of(s).unwrap_or(""),
             path: req.uri.path(),
