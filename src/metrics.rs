@@ -290,6 +290,7 @@ impl Metrics {
         match plugin {
             "jwt" => self.jwt_validations.with_label_values(&[route, result]),
             "rate_limit" => self.ratelimit_decisions.with_label_values(&[route, result]),
+            "cache" => self.cache_requests.with_label_values(&[route, result]),
             _ => self
                 .plugin_decisions
                 .with_label_values(&[plugin, route, result]),
@@ -302,6 +303,7 @@ impl Metrics {
             "rate_limit" => self
                 .ratelimit_decisions
                 .remove_label_values(&[route, result]),
+            "cache" => self.cache_requests.remove_label_values(&[route, result]),
             _ => self
                 .plugin_decisions
                 .remove_label_values(&[plugin, route, result]),
@@ -389,7 +391,8 @@ impl RouteMetrics {
         }
     }
 
-    /// Counts a plugin decision on this route (no label hashing after the first time).
+    /// Counts a plugin decision (or the cache result, as plugin `cache`) on this route (no
+    /// label hashing after the first time).
     pub fn outcome(&self, metrics: &Metrics, plugin: &'static str, result: &'static str) {
         if let Ok(list) = self.outcomes.read() {
             if let Some((_, _, c)) = list.iter().find(|(p, r, _)| *p == plugin && *r == result) {

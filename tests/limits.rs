@@ -598,3 +598,34 @@ async fn distinct_real_source_addresses_are_distinct_clients() {
     }
     assert_eq!(allowed, 400, "every source address has its own budget");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_request_body_ends_at_body_read_timeout() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let b = TestUpstream::start("b").await;
+    let limits = "  limits:\n    body_read_timeout: 1s\n";
+    let gw =
+        TestGateway::start(|p| cfg(p, &b, limits, "  - { id: all, upstream: up }\n", "")).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", gw.port))
+        .await
+        .unwrap();
+    s.write_all(b"POST /upload HTTP/1.1\r\nHost: t\r\nContent-Length: 100\r\n\r\n0123456789")
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut out = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out)).await;
+    let text = String::from_utf8_lossy(&out);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "the stalled body was waited on for {:?}",
+        started.elapsed()
+    );
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("request timeout"), "{text}");
+    assert_eq!(
+        b.hits(),
+        0,
+        "an incomplete body never completes a request upstream"
+    );
+}

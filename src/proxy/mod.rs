@@ -342,10 +342,7 @@ impl ProxyHttp for Gateway {
                     r.metrics.outcome(&self.metrics, plugin, result);
                 }
                 if let Some(result) = ctx.cache_result {
-                    self.metrics
-                        .cache_requests
-                        .with_label_values(&[&r.id, result])
-                        .inc();
+                    r.metrics.outcome(&self.metrics, "cache", result);
                 }
             }
             None => self
