@@ -219,12 +219,6 @@ pub fn rfc3339_into(t: std::time::SystemTime, buf: &mut [u8; 24]) -> &str {
     std::str::from_utf8(&buf[..]).unwrap_or("1970-01-01T00:00:00.000Z")
 }
 
-/// Formats `t` as RFC 3339 UTC with milliseconds.
-pub fn rfc3339(t: std::time::SystemTime) -> String {
-    let mut buf = [0u8; 24];
-    rfc3339_into(t, &mut buf).to_string()
-}
-
 /// A timestamp that serializes as RFC 3339 without allocating.
 pub struct Timestamp(pub std::time::SystemTime);
 
@@ -242,7 +236,15 @@ mod tests {
     #[test]
     fn formats_time() {
         let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(1_795_651_200_123);
-        assert_eq!(rfc3339(t), "2026-11-26T00:00:00.123Z");
-        assert_eq!(rfc3339(std::time::UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
+        let mut buf = [0u8; 24];
+        assert_eq!(rfc3339_into(t, &mut buf), "2026-11-26T00:00:00.123Z");
+        assert_eq!(
+            rfc3339_into(std::time::UNIX_EPOCH, &mut buf),
+            "1970-01-01T00:00:00.000Z"
+        );
+        assert_eq!(
+            serde_json::to_string(&Timestamp(t)).unwrap(),
+            "\"2026-11-26T00:00:00.123Z\""
+        );
     }
 }

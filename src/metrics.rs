@@ -280,11 +280,6 @@ impl Metrics {
             .set(i64::from(healthy));
     }
 
-    /// Counts a plugin decision reported through `RequestInfo::outcomes`.
-    pub fn plugin_outcome(&self, plugin: &str, route: &str, result: &str) {
-        self.plugin_outcome_counter(plugin, route, result).inc();
-    }
-
     /// The counter a plugin decision goes to.
     pub fn plugin_outcome_counter(&self, plugin: &str, route: &str, result: &str) -> IntCounter {
         match plugin {

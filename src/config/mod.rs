@@ -43,26 +43,9 @@ pub fn load_full(path: &Path) -> Result<Loaded, ConfigErrors> {
     Ok(Loaded { raw, tree, hash })
 }
 
-/// Reads and types a config file. Collects every `${VAR}` error; a type error (unknown key,
-/// wrong type) stops at the first one, with its path.
-pub fn load_file(path: &Path) -> Result<RawConfig, ConfigErrors> {
-    load_full(path).map(|l| l.raw)
-}
-
-/// Parses config text (see [`load_file`]), reading variables from the process environment.
-pub fn parse_str(text: &str) -> Result<RawConfig, Vec<ConfigError>> {
-    parse_str_with_env(text, &|name| std::env::var(name).ok())
-}
-
-/// Parses config text with a given variable lookup.
-pub fn parse_str_with_env(
-    text: &str,
-    lookup: &dyn Fn(&str) -> Option<String>,
-) -> Result<RawConfig, Vec<ConfigError>> {
-    parse_tree(text, lookup).map(|(raw, _)| raw)
-}
-
-fn parse_tree(
+/// Parses config text with a given variable lookup: the substituted YAML tree and the typed
+/// config.
+pub fn parse_tree(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(RawConfig, serde_yaml::Value), Vec<ConfigError>> {

@@ -385,7 +385,7 @@ fn default_threshold() -> u32 {
 pub struct RawHttpCheck {
     #[serde(default = "default_check_path")]
     pub path: String,
-    #[serde(default = "default_expect")]
+    #[serde(default = "default_expect_status")]
     pub expect_status: u16,
     /// Host header of the probe; default: the backend address.
     #[serde(default)]
@@ -395,7 +395,7 @@ pub struct RawHttpCheck {
 fn default_check_path() -> String {
     "/health".to_string()
 }
-fn default_expect() -> u16 {
+fn default_expect_status() -> u16 {
     200
 }
 

@@ -1,3 +1,8 @@
+//! Unit tests of the `jwt` plugin (compiled only for `cargo test`).
+
+#![cfg(test)]
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use super::*;
 use crate::api::testing::{session_from_bytes, test_info};
 use crate::api::{Flow, PluginCtx, ReplyBody};
