@@ -107,8 +107,7 @@ impl PluginSpec for Cache {
         vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         vary.dedup();
         let max_object_size = match &c.max_object_size {
-            Some(s) => parse_size(s)
-                .ok_or_else(|| BuildError::at("max_object_size", format!("invalid size `{s}`")))?,
+            Some(s) => parse_size(s).map_err(|e| BuildError::at("max_object_size", e))?,
             None => 1 << 20,
         };
         Ok(Cache {

@@ -382,12 +382,7 @@ impl PluginSpec for Cors {
         let max_age = match &c.max_age {
             None => None,
             Some(s) => {
-                let secs = parse_secs(s).ok_or_else(|| {
-                    BuildError::at(
-                        "max_age",
-                        format!("invalid duration `{s}`: use e.g. \"10m\""),
-                    )
-                })?;
+                let secs = crate::api::units::duration_at(s, "max_age")?.as_secs();
                 Some(HeaderValue::from(secs))
             }
         };
@@ -402,10 +397,6 @@ impl PluginSpec for Cors {
             max_age,
         })
     }
-}
-
-fn parse_secs(s: &str) -> Option<u64> {
-    crate::api::units::parse_duration(s).map(|d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -132,10 +132,6 @@ pub struct RateLimit {
     policy: HeaderValue,
 }
 
-fn parse_per(s: &str) -> Option<Duration> {
-    crate::api::units::parse_duration(s)
-}
-
 impl RateLimit {
     fn rate_header(&self, remaining: u64, reset: u64) -> HeaderValue {
         HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", self.name))
@@ -253,15 +249,7 @@ impl PluginSpec for RateLimit {
         if c.requests == 0 {
             return Err(BuildError::at("requests", "must be at least 1"));
         }
-        let per = parse_per(&c.per).ok_or_else(|| {
-            BuildError::at(
-                "per",
-                format!(
-                    "invalid window `{}`: use whole seconds, minutes or hours, e.g. \"1s\", \"1m\"",
-                    c.per
-                ),
-            )
-        })?;
+        let per = crate::api::units::duration_at(&c.per, "per")?;
         if per < Duration::from_secs(1) || per > Duration::from_secs(86_400) {
             return Err(BuildError::at("per", "must be between 1s and 24h"));
         }

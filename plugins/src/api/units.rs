@@ -1,30 +1,43 @@
-//! Durations and sizes in plugin configs, written like the rest of the config: `"250ms"`,
-//! `"10s"`, `"5m"`, `"1h"`, `"1d"`; `"64KiB"`, `"1MiB"`, `"512"`.
+//! Durations and sizes as the whole config writes them: `"250ms"`, `"2.5s"`, `"10s"`, `"5m"`,
+//! `"1h"`, `"1d"`; `"64KiB"`, `"10MiB"`, `"1.5KB"`, `"512"`. One implementation for the
+//! gateway's own settings and for plugin configs.
 
 use std::time::Duration;
 
-/// Parses `<integer><unit>` with unit `ms`, `s`, `m`, `h` or `d`.
-pub fn parse_duration(s: &str) -> Option<Duration> {
+fn split_number(s: &str) -> Option<(f64, &str)> {
     let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit())?;
-    let n: u64 = s[..split].parse().ok()?;
-    let secs = match &s[split..] {
-        "ms" => return Some(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n.checked_mul(60)?,
-        "h" => n.checked_mul(3600)?,
-        "d" => n.checked_mul(86_400)?,
-        _ => return None,
-    };
-    Some(Duration::from_secs(secs))
+    let end = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(end);
+    let n: f64 = num.parse().ok()?;
+    (n.is_finite() && n >= 0.0).then_some((n, unit.trim()))
 }
 
-/// Parses a byte size: a number, or with `B`, `KiB`, `MiB`, `GiB`, `KB`, `MB`, `GB`.
-pub fn parse_size(s: &str) -> Option<u64> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let n: u64 = s[..split].parse().ok()?;
-    let mult: u64 = match s[split..].trim() {
+/// Parses a duration such as `"250ms"` or `"10s"`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let err = || {
+        format!("invalid duration `{s}`: write a number and a unit (ms, s, m, h, d), e.g. \"10s\"")
+    };
+    let (n, unit) = split_number(s).ok_or_else(err)?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "s" => n,
+        "m" => n * 60.0,
+        "h" => n * 3600.0,
+        "d" => n * 86400.0,
+        _ => return Err(err()),
+    };
+    Duration::try_from_secs_f64(secs).map_err(|_| err())
+}
+
+/// Parses a size such as `"64KiB"`.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let err = || {
+        format!("invalid size `{s}`: write a number and a unit (B, KiB, MiB, GiB, KB, MB, GB), e.g. \"64KiB\"")
+    };
+    let (n, unit) = split_number(s).ok_or_else(err)?;
+    let mult: u64 = match unit {
         "" | "B" => 1,
         "KiB" => 1 << 10,
         "MiB" => 1 << 20,
@@ -32,19 +45,18 @@ pub fn parse_size(s: &str) -> Option<u64> {
         "KB" | "kB" => 1_000,
         "MB" => 1_000_000,
         "GB" => 1_000_000_000,
-        _ => return None,
+        _ => return Err(err()),
     };
-    n.checked_mul(mult)
+    let v = n * mult as f64;
+    if v > u64::MAX as f64 || v.fract() != 0.0 {
+        return Err(err());
+    }
+    Ok(v as u64)
 }
 
-/// [`parse_duration`] with a config error naming `field`.
+/// [`parse_duration`] with a plugin config error naming `field`.
 pub fn duration_at(s: &str, field: &str) -> Result<Duration, super::BuildError> {
-    parse_duration(s).ok_or_else(|| {
-        super::BuildError::at(
-            field,
-            format!("invalid duration `{s}`: use e.g. \"500ms\", \"30s\", \"10m\", \"1h\""),
-        )
-    })
+    parse_duration(s).map_err(|e| super::BuildError::at(field, e))
 }
 
 #[cfg(test)]
@@ -53,14 +65,15 @@ mod tests {
 
     #[test]
     fn parses() {
-        assert_eq!(parse_duration("250ms"), Some(Duration::from_millis(250)));
-        assert_eq!(parse_duration("10m"), Some(Duration::from_secs(600)));
-        assert_eq!(parse_duration("1d"), Some(Duration::from_secs(86_400)));
-        assert_eq!(parse_duration("10"), None);
-        assert_eq!(parse_duration("x1s"), None);
-        assert_eq!(parse_size("64KiB"), Some(65_536));
-        assert_eq!(parse_size("1MiB"), Some(1 << 20));
-        assert_eq!(parse_size("512"), Some(512));
-        assert_eq!(parse_size("1 furlong"), None);
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("2.5s"), Ok(Duration::from_millis(2500)));
+        assert_eq!(parse_duration("10m"), Ok(Duration::from_secs(600)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(parse_duration("10").is_err());
+        assert!(parse_duration("x1s").is_err());
+        assert_eq!(parse_size("64KiB"), Ok(65_536));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("512"), Ok(512));
+        assert!(parse_size("1 furlong").is_err());
     }
 }

@@ -142,10 +142,6 @@ pub struct Jwt {
     has_url: bool,
 }
 
-fn parse_duration(s: &str, field: &str) -> std::result::Result<Duration, BuildError> {
-    crate::api::units::duration_at(s, field)
-}
-
 fn normalize(name: &str) -> String {
     name.to_ascii_lowercase().replace('_', "-")
 }
@@ -409,14 +405,14 @@ impl PluginSpec for Jwt {
             return Err(BuildError::new("needs `keys`, `jwks_file` or `jwks_url`"));
         }
         let refresh = match &c.jwks_refresh {
-            Some(s) => parse_duration(s, "jwks_refresh")?,
+            Some(s) => crate::api::units::duration_at(s, "jwks_refresh")?,
             None => Duration::from_secs(600),
         };
         if refresh < Duration::from_secs(1) {
             return Err(BuildError::at("jwks_refresh", "must be at least 1s"));
         }
         let leeway = match &c.leeway {
-            Some(s) => parse_duration(s, "leeway")?,
+            Some(s) => crate::api::units::duration_at(s, "leeway")?,
             None => Duration::from_secs(30),
         };
         let mut sources = Vec::new();
