@@ -5,11 +5,9 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, Ports, TestGateway, TestUpstream};
+use common::{eventually, Load, Ports, TestGateway, TestUpstream};
 
 fn base(p: &Ports) -> String {
     format!(
@@ -44,34 +42,7 @@ async fn config_changes_under_load_never_fail_a_request() {
     let ports = gw.ports.clone();
 
     // steady load on the stable route for the whole test
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let (stop, ok, failed, c, url) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            gw.client.clone(),
-            gw.url("/stable"),
-        );
-        load.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                    Ok(r) => {
-                        eprintln!("load request got {}", r.status());
-                        failed.fetch_add(1, Ordering::SeqCst)
-                    }
-                    Err(e) => {
-                        eprintln!("load request failed: {e}");
-                        failed.fetch_add(1, Ordering::SeqCst)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(&gw.client, gw.url("/stable"), 2);
 
     let (mut valid, mut invalid) = (0usize, 0usize);
     let mut applied = 0usize;
@@ -126,16 +97,9 @@ async fn config_changes_under_load_never_fail_a_request() {
             tokio::time::sleep(Duration::from_millis(700) - spent).await;
         }
     }
-    stop.store(true, Ordering::SeqCst);
-    for t in load {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "requests failed during reloads"
-    );
-    assert!(ok.load(Ordering::SeqCst) > 100, "the load loop barely ran");
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "requests failed during reloads");
+    assert!(ok > 100, "the load loop barely ran");
     let ok_reloads = gw
         .metric("gatehouse_config_reloads_total{result=\"ok\",trigger=\"file\"}")
         .await as usize;
@@ -436,30 +400,7 @@ async fn binary_upgrade_under_load() {
         s
     })
     .await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..2 {
-        let (stop, ok, failed, c, url) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            gw.client.clone(),
-            gw.url("/fast"),
-        );
-        load.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(60);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match c.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                    other => {
-                        eprintln!("load request: {other:?}");
-                        failed.fetch_add(1, Ordering::SeqCst)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(&gw.client, gw.url("/fast"), 2);
     // an in-flight slow request on the old process
     let (c, url) = (gw.client.clone(), gw.url("/slow"));
     let in_flight =
@@ -481,10 +422,7 @@ async fn binary_upgrade_under_load() {
     assert!(old_exit.is_some(), "the old process did not exit");
     // the new process keeps serving alone
     tokio::time::sleep(Duration::from_millis(500)).await;
-    stop.store(true, Ordering::SeqCst);
-    for t in load {
-        t.await.unwrap();
-    }
+    let (ok, failed) = load.stop().await;
     assert_eq!(
         in_flight
             .await
@@ -492,12 +430,8 @@ async fn binary_upgrade_under_load() {
             .expect("the in-flight request failed"),
         200
     );
-    let served_before = ok.load(Ordering::SeqCst);
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "failed or refused requests during the upgrade"
-    );
+    let served_before = ok;
+    assert_eq!(failed, 0, "failed or refused requests during the upgrade");
     assert!(served_before > 50);
     assert_eq!(
         gw.get("/fast").await.status(),

@@ -4,11 +4,11 @@
 
 mod common;
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{eventually, simple_config, TestGateway, TestUpstream};
+use common::{eventually, simple_config, Load, TestGateway, TestUpstream};
 
 fn backends(list: &[&TestUpstream]) -> String {
     list.iter()
@@ -142,43 +142,13 @@ async fn killed_backend_under_load_gets_zero_failed_gets() {
     );
     let gw =
         TestGateway::start(|p| simple_config(p, &ups, "  - { id: all, upstream: up }\n")).await;
-    let stop = Arc::new(AtomicBool::new(false));
-    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
-    let mut load = Vec::new();
-    for _ in 0..3 {
-        let (stop, ok, failed, cl, url) = (
-            stop.clone(),
-            ok.clone(),
-            failed.clone(),
-            gw.client.clone(),
-            gw.url("/x"),
-        );
-        load.push(tokio::spawn(async move {
-            let deadline = Instant::now() + Duration::from_secs(30);
-            while !stop.load(Ordering::SeqCst) && Instant::now() < deadline {
-                match cl.get(&url).send().await {
-                    Ok(r) if r.status() == 200 => ok.fetch_add(1, Ordering::SeqCst),
-                    other => {
-                        eprintln!("GET failed: {other:?}");
-                        failed.fetch_add(1, Ordering::SeqCst)
-                    }
-                };
-            }
-        }));
-    }
+    let load = Load::start(&gw.client, gw.url("/x"), 3);
     tokio::time::sleep(Duration::from_millis(500)).await;
     b.stop().await;
     tokio::time::sleep(Duration::from_secs(2)).await;
-    stop.store(true, Ordering::SeqCst);
-    for t in load {
-        t.await.unwrap();
-    }
-    assert_eq!(
-        failed.load(Ordering::SeqCst),
-        0,
-        "GETs failed while a backend died"
-    );
-    assert!(ok.load(Ordering::SeqCst) > 100);
+    let (ok, failed) = load.stop().await;
+    assert_eq!(failed, 0, "GETs failed while a backend died");
+    assert!(ok > 100);
 
     // a POST that reached a backend which then dies mid-request is not retried
     let slow = TestUpstream::start("slow").await;
