@@ -5,9 +5,9 @@
 //! Any error keeps the running snapshot, is logged with its YAML path and counted in
 //! `gatehouse_config_reloads_total{trigger,result="error"}`. One reload runs at a time.
 //! Requests in flight finish on the snapshot they started with. Settings bound at startup
-//! (`server.listen`, `admin.listen`, `server.threads`, `server.access_log`,
-//! `server.upgrade_sock`, `server.grace_period`) cannot change live: such a change is logged as
-//! "restart required" and counted, and the rest of the file is applied.
+//! (listeners, threads, access log target, upgrade socket, grace period, read buffer, work
+//! stealing, latency buckets, cache lock timeout: see `restart_required`) cannot change live:
+//! such a change is logged as "restart required" and counted, and the rest is applied.
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -62,35 +62,27 @@ pub struct Reloader {
 /// Settings that only take effect at startup that differ between `a` and `b`.
 fn restart_required(a: &RawServer, a_admin: &str, b: &Snapshot) -> Vec<&'static str> {
     let s = &b.raw.server;
-    let mut v = Vec::new();
-    if a.listen != s.listen {
-        v.push("server.listen");
-    }
-    if a.threads != s.threads {
-        v.push("server.threads");
-    }
-    if a.access_log != s.access_log {
-        v.push("server.access_log");
-    }
-    if a.upgrade_sock != s.upgrade_sock {
-        v.push("server.upgrade_sock");
-    }
-    if a.grace_period != s.grace_period {
-        v.push("server.grace_period");
-    }
-    if a.read_buffer != s.read_buffer {
-        v.push("server.read_buffer");
-    }
-    if a.work_stealing != s.work_stealing {
-        v.push("server.work_stealing");
-    }
-    if a.latency_buckets != s.latency_buckets {
-        v.push("server.latency_buckets");
-    }
-    if a_admin != b.raw.admin.listen {
-        v.push("admin.listen");
-    }
-    v
+    [
+        (a.listen != s.listen, "server.listen"),
+        (a.threads != s.threads, "server.threads"),
+        (a.access_log != s.access_log, "server.access_log"),
+        (a.upgrade_sock != s.upgrade_sock, "server.upgrade_sock"),
+        (a.grace_period != s.grace_period, "server.grace_period"),
+        (a.read_buffer != s.read_buffer, "server.read_buffer"),
+        (a.work_stealing != s.work_stealing, "server.work_stealing"),
+        (
+            a.latency_buckets != s.latency_buckets,
+            "server.latency_buckets",
+        ),
+        (
+            a.cache.lock_timeout != s.cache.lock_timeout,
+            "server.cache.lock_timeout",
+        ),
+        (a_admin != b.raw.admin.listen, "admin.listen"),
+    ]
+    .into_iter()
+    .filter_map(|(changed, key)| changed.then_some(key))
+    .collect()
 }
 
 impl Reloader {
