@@ -164,30 +164,38 @@ impl Plugin for RateLimit {
 
     async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
         let ip = cx.info.client_ip;
-        let value: Option<Vec<u8>> = match &self.kind {
-            KeyKind::ClientIp | KeyKind::Global => None,
-            KeyKind::Header(h) => s.req_header().headers.get(h).map(|v| v.as_bytes().to_vec()),
-            KeyKind::Claim(c) => cx.info.ext.get::<VerifiedClaims>().and_then(|vc| {
-                vc.0.get(c).and_then(|v| match v {
-                    serde_json::Value::String(s) => Some(s.as_bytes().to_vec()),
-                    serde_json::Value::Null => None,
-                    other => Some(other.to_string().into_bytes()),
-                })
-            }),
+        // the key borrows from the request or the claims: no copy per request
+        let decision = {
+            let text;
+            let value: Option<&[u8]> = match &self.kind {
+                KeyKind::ClientIp | KeyKind::Global => None,
+                KeyKind::Header(h) => s.req_header().headers.get(h).map(|v| v.as_bytes()),
+                KeyKind::Claim(c) => match cx
+                    .info
+                    .ext
+                    .get::<VerifiedClaims>()
+                    .and_then(|vc| vc.0.get(c))
+                {
+                    Some(serde_json::Value::String(v)) => Some(v.as_bytes()),
+                    Some(serde_json::Value::Null) | None => None,
+                    Some(other) => {
+                        text = other.to_string();
+                        Some(text.as_bytes())
+                    }
+                },
+            };
+            let key = match (&self.kind, value) {
+                (KeyKind::ClientIp, _) => Some(ip_key(ip)),
+                (KeyKind::Global, _) => Some(CountKey::Global),
+                (_, Some(v)) if !v.is_empty() => Some(CountKey::Value(v)),
+                (_, _) => (self.missing == Missing::ClientIp).then(|| ip_key(ip)),
+            };
+            key.map(|k| self.decide(&k))
         };
-        let key = match (&self.kind, &value) {
-            (KeyKind::ClientIp, _) => ip_key(ip),
-            (KeyKind::Global, _) => CountKey::Global,
-            (_, Some(v)) if !v.is_empty() => CountKey::Value(v),
-            (_, _) => match self.missing {
-                Missing::ClientIp => ip_key(ip),
-                Missing::Reject => {
-                    cx.info.record(Self::KIND, "missing_key");
-                    return Ok(Flow::Respond(Reply::error(401, "missing rate limit key")));
-                }
-            },
+        let Some((allowed, remaining, reset)) = decision else {
+            cx.info.record(Self::KIND, "missing_key");
+            return Ok(Flow::Respond(Reply::error(401, "missing rate limit key")));
         };
-        let (allowed, remaining, reset) = self.decide(&key);
         if !allowed {
             cx.info.record(Self::KIND, "limited");
             let reply = Reply::error(self.status, "rate limit exceeded")
