@@ -180,11 +180,16 @@ async fn all_backends_down_is_503_json() {
         TestGateway::start(|p| simple_config(p, &ups, "  - { id: all, upstream: up }\n")).await;
     assert_eq!(gw.get("/x").await.status(), 200);
     a.stop().await;
+    // interval x unhealthy_after = 400 ms; until then requests fail with 502
+    let gone = format!(
+        "gatehouse_upstream_backend_healthy{{backend=\"{}\",upstream=\"up\"}} 0",
+        a.addr
+    );
     let down = eventually(Duration::from_secs(5), || async {
-        gw.get("/x").await.status() == 503
+        gw.metrics().await.contains(&gone)
     })
     .await;
-    assert!(down);
+    assert!(down, "the stopped backend never left the rotation");
     let r = gw.get("/x").await;
     assert_eq!(r.status(), 503);
     assert_eq!(r.headers()["content-type"], "application/json");
@@ -192,6 +197,78 @@ async fn all_backends_down_is_503_json() {
     let body: serde_json::Value = r.json().await.unwrap();
     assert_eq!(body["error"], "no healthy backend");
     assert_eq!(body["request_id"], rid.as_str());
+}
+
+/// A backend that answers the first request of each connection and closes the connection when
+/// a second request arrives on it (a keep-alive connection it had given up on): counts
+/// connections accepted.
+async fn one_request_per_connection_backend() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    tokio::task::JoinHandle<()>,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let accepted = std::sync::Arc::new(AtomicUsize::new(0));
+    let acc = accepted.clone();
+    let task = tokio::spawn(async move {
+        let mut conns = tokio::task::JoinSet::new();
+        for _ in 0..50 {
+            let Ok((mut s, _)) = l.accept().await else {
+                break;
+            };
+            acc.fetch_add(1, Ordering::SeqCst);
+            conns.spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                for served in 0..2 {
+                    // read one request head (GETs without a body)
+                    while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match s.read(&mut chunk).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+                        }
+                    }
+                    buf.clear();
+                    if served == 1 {
+                        return; // drop the connection without answering
+                    }
+                    let _ = s
+                        .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+                        .await;
+                }
+            });
+        }
+    });
+    (addr, accepted, task)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn closed_pooled_connection_is_retried_on_a_fresh_one() {
+    // One backend, no retry policy: a pooled connection the backend closed is not a backend
+    // failure. The request goes again on a new connection (not 503 "no healthy backend" for
+    // the only, healthy, backend; not counted against its circuit breaker).
+    let (addr, accepted, task) = one_request_per_connection_backend().await;
+    let ups = format!(
+        "  up:\n    backends: [\"{addr}\"]\n    circuit_breaker: {{ consecutive_failures: 1, open_for: 60s }}\n"
+    );
+    let gw =
+        TestGateway::start(|p| simple_config(p, &ups, "  - { id: all, upstream: up }\n")).await;
+    for i in 0..5 {
+        let r = gw.get("/x").await;
+        let status = r.status();
+        let body = r.text().await.unwrap();
+        assert_eq!((status.as_u16(), body.as_str()), (200, "ok"), "request {i}");
+    }
+    assert!(accepted.load(std::sync::atomic::Ordering::SeqCst) >= 5);
+    let m = gw.metrics().await;
+    assert!(
+        !m.contains("gatehouse_upstream_errors_total{"),
+        "a closed pooled connection was counted as an upstream error:\n{m}"
+    );
+    task.abort();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -64,12 +64,16 @@ pub async fn upstream_peer(
         ));
     };
     let group = &route.upstream;
-    if ctx.attempts == 0 {
-        group.budget.record_request(now_ms());
-    } else {
-        let delay = group.retry.delay(ctx.attempts, jitter());
-        if !delay.is_zero() {
-            tokio::time::sleep(delay).await;
+    // the same attempt again on a fresh connection: no budget, no backoff, not a retry
+    let fresh = std::mem::take(&mut ctx.fresh_connection_retry);
+    if !fresh {
+        if ctx.attempts == 0 {
+            group.budget.record_request(now_ms());
+        } else {
+            let delay = group.retry.delay(ctx.attempts, jitter());
+            if !delay.is_zero() {
+                tokio::time::sleep(delay).await;
+            }
         }
     }
     let remaining = match route.timeout {
@@ -83,7 +87,9 @@ pub async fn upstream_peer(
         }
         None => None,
     };
-    ctx.attempts += 1;
+    if !fresh {
+        ctx.attempts += 1;
+    }
     ctx.attempt_recorded = false;
     ctx.attempt_start = Some(std::time::Instant::now());
     let ip_key;
@@ -153,6 +159,9 @@ fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool 
     if !policy.covers(reason) || ctx.attempts > policy.attempts {
         return false;
     }
+    if s.response_written().is_some() {
+        return false; // part of a response already went to the client
+    }
     if reason != Reason::ConnectFailure
         && (!idempotent(&s.req_header().method) || s.as_ref().retry_buffer_truncated())
     {
@@ -208,6 +217,25 @@ pub fn error_while_proxy(
         e.set_retry(false);
         return e;
     }
+    // A pooled connection the backend had already closed (nothing read back): not the
+    // backend's failure. The request goes again on a fresh connection, to the same backends
+    // (with one backend, excluding it would answer 503 for a healthy backend).
+    if reason == Reason::Reset
+        && client_reused
+        && s.response_written().is_none()
+        && matches!(
+            e.etype(),
+            ErrorType::ConnectionClosed | ErrorType::ReadError | ErrorType::WriteError
+        )
+        && idempotent(&s.req_header().method)
+        && !s.as_ref().retry_buffer_truncated()
+    {
+        ctx.tried.pop();
+        ctx.attempt_recorded = true;
+        ctx.fresh_connection_retry = true;
+        e.set_retry(true);
+        return e;
+    }
     match reason {
         Reason::Timeout => upstream_error(metrics, ctx, "timeout"),
         Reason::Reset => upstream_error(metrics, ctx, "reset"),
@@ -215,17 +243,8 @@ pub fn error_while_proxy(
         _ => {}
     }
     record(metrics, ctx, false);
-    if may_retry(metrics, s, ctx, reason) {
-        e.set_retry(true);
-    } else if idempotent(&s.req_header().method)
-        && !s.as_ref().retry_buffer_truncated()
-        && reason == Reason::Reset
-    {
-        // Pingora's default: a pooled connection the backend had closed is retried
-        e.retry.decide_reuse(client_reused);
-    } else {
-        e.set_retry(false);
-    }
+    let retry = may_retry(metrics, s, ctx, reason);
+    e.set_retry(retry);
     ctx.retry_status = None;
     e
 }

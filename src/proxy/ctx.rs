@@ -38,6 +38,9 @@ pub struct Ctx {
     pub attempt_recorded: bool,
     /// Set when an attempt is ended to retry on this upstream status.
     pub retry_status: Option<u16>,
+    /// Set when a pooled upstream connection turned out to be closed by the backend: the next
+    /// attempt is the same request on a fresh connection, not a retry of the backend's failure.
+    pub fresh_connection_retry: bool,
     /// When the current attempt started (backend chosen).
     pub attempt_start: Option<Instant>,
     /// Time spent waiting for upstream response headers, all attempts.
@@ -75,6 +78,7 @@ impl Ctx {
             attempts: 0,
             attempt_recorded: false,
             retry_status: None,
+            fresh_connection_retry: false,
             attempt_start: None,
             upstream_time: std::time::Duration::ZERO,
             trace: super::trace::Trace::default(),

@@ -60,6 +60,9 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     tasks: Mutex<Option<tokio::task::JoinSet<()>>>,
+    /// While stopped: the port, bound but not listening, so connecting is refused and no other
+    /// test's listener can take the port over.
+    reserved: Mutex<Option<tokio::net::TcpSocket>>,
 }
 
 async fn handle(
@@ -147,6 +150,7 @@ impl TestUpstream {
                 behaviour: Behaviour::default(),
             }),
             tasks: Mutex::new(None),
+            reserved: Mutex::new(None),
         };
         u.serve(listener);
         u
@@ -186,10 +190,18 @@ impl TestUpstream {
             set.abort_all();
             while set.join_next().await.is_some() {}
         }
+        // hold the port (bound, not listening): connections are refused, as for a dead
+        // backend, and the port is not handed to another listener meanwhile
+        let sock = tokio::net::TcpSocket::new_v4().unwrap();
+        sock.set_reuseaddr(true).unwrap();
+        if sock.bind(self.addr).is_ok() {
+            *self.reserved.lock().unwrap() = Some(sock);
+        }
     }
 
     /// Starts serving again on the same port.
     pub async fn restart(&self) {
+        drop(self.reserved.lock().unwrap().take());
         let deadline = Instant::now() + Duration::from_secs(5);
         let listener = loop {
             let sock = tokio::net::TcpSocket::new_v4().unwrap();
