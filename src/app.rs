@@ -224,8 +224,9 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     for l in &server_cfg.listen {
         // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);
-        // gatehouse serves plain HTTP, where a smaller one saves memory per idle connection
-        let read = usize::try_from(server_cfg.read_buffer.0).unwrap_or(16 << 10);
+        // gatehouse serves plain HTTP: by default none, the HTTP parser reads straight from
+        // the socket into its own buffer (same syscalls, 16-64 KiB less per idle connection)
+        let read = usize::try_from(server_cfg.read_buffer.0).unwrap_or(0);
         proxy
             .add_listener(ListenerConfig::tcp(l).l4_buffer(L4BufferSettings::default().read(read)));
     }

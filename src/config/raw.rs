@@ -56,7 +56,9 @@ pub struct RawServer {
     /// Log filter when `RUST_LOG` is not set, e.g. `info` or `info,gatehouse=debug`.
     #[serde(default)]
     pub log_level: Option<String>,
-    /// Read buffer per client connection (read at startup).
+    /// Socket read buffer per client connection (read at startup). 0 (the default): the HTTP
+    /// parser reads straight from the socket into its own buffer, nothing extra is held per
+    /// idle connection.
     #[serde(default = "default_read_buffer")]
     pub read_buffer: Size,
     /// Let idle worker threads steal tasks from busy ones (Pingora's `work_stealing`). Off by
@@ -69,7 +71,7 @@ fn default_true() -> bool {
     true
 }
 fn default_read_buffer() -> Size {
-    Size(16 << 10)
+    Size(0)
 }
 
 /// `server.cache:` the response cache shared by every route with a `cache` plugin.

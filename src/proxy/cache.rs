@@ -53,7 +53,9 @@ impl CacheRuntime {
     pub fn new(max_size: usize, lock_timeout: Duration) -> Self {
         CacheRuntime {
             store: Box::leak(Box::new(MemStore::new())),
-            eviction: Box::leak(Box::new(Manager::with_capacity(max_size, 8192))),
+            // the per-shard capacity only preallocates: the LRU grows with the objects stored
+            // (8192 per shard held 12 MiB from startup, cache in use or not)
+            eviction: Box::leak(Box::new(Manager::with_capacity(max_size, 64))),
             lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
         }
     }
