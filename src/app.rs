@@ -23,7 +23,6 @@ use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader};
 use crate::state::{SharedState, Snapshot};
 use crate::upstream::health::HealthSupervisor;
-use std::sync::atomic::AtomicUsize;
 
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
@@ -214,13 +213,12 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
         Arc::clone(&metrics),
         Arc::clone(&access_log),
     );
-    let guarded = Guarded {
-        inner: Arc::new(pingora_proxy::http_proxy(&server.configuration, gateway)),
-        state: Arc::clone(&state),
-        active: Arc::new(AtomicUsize::new(0)),
-        active_gauge: metrics.connections_active.with_label_values(&["proxy"]),
-        accepted: metrics.connections_accepted.with_label_values(&["proxy"]),
-    };
+    let guarded = Guarded::new(
+        pingora_proxy::http_proxy(&server.configuration, gateway),
+        Arc::clone(&state),
+        metrics.connections_active.with_label_values(&["proxy"]),
+        metrics.connections_accepted.with_label_values(&["proxy"]),
+    );
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     for l in &server_cfg.listen {
         // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);

@@ -9,6 +9,13 @@
 //! the first bytes read after the gateway wrote a response. (A request body sent only after a
 //! `100 Continue` therefore counts as a head until its first blank line; such uploads must
 //! start within `header_read_timeout`.)
+//!
+//! Idle connections are cheap: Pingora allocates its whole per-request state (the boxed
+//! `process_new_http` future, ~20 KiB) before it reads a request, so a keep-alive connection
+//! waiting for its next request would hold all of it. [`Guarded`] runs the HTTP/1 keep-alive
+//! loop itself instead and waits for the first bytes of each request with a small future;
+//! the bytes read while waiting are handed to Pingora's parser first ([`HeadDeadline`]), so
+//! this costs no extra syscall.
 
 use std::fmt;
 use std::pin::Pin;
@@ -18,13 +25,15 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use pingora_core::apps::ServerApp;
+use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
+use pingora_core::protocols::http::ServerSession;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
 };
 use pingora_core::server::ShutdownWatch;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::state::SharedState;
@@ -40,6 +49,60 @@ pub struct Guarded<A> {
     pub active_gauge: prometheus::IntGauge,
     /// `gatehouse_connections_accepted_total{listener="proxy"}`
     pub accepted: prometheus::IntCounter,
+    /// Set (and `idle_close` notified) when idle connections are to be closed (cleanup).
+    pub closed: std::sync::atomic::AtomicBool,
+    pub idle_close: Notify,
+}
+
+/// How long a keep-alive connection may wait for its next request: Pingora's keep-alive
+/// timeout, which gatehouse keeps.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+impl<A> Guarded<A> {
+    /// A guard around `inner`.
+    pub fn new(
+        inner: A,
+        state: Arc<SharedState>,
+        active_gauge: prometheus::IntGauge,
+        accepted: prometheus::IntCounter,
+    ) -> Self {
+        Guarded {
+            inner: Arc::new(inner),
+            state,
+            active: Arc::new(AtomicUsize::new(0)),
+            active_gauge,
+            accepted,
+            closed: std::sync::atomic::AtomicBool::new(false),
+            idle_close: Notify::new(),
+        }
+    }
+
+    /// Waits for the first bytes of the next request on `hd`: `false` when the client closed
+    /// or failed, the head deadline passed, the gateway is closing idle connections, or
+    /// (with `idle`) the connection stayed idle that long. The timer and the close
+    /// notification are only set up when the bytes are not there at once.
+    async fn wait_for_request(&self, hd: &mut HeadDeadline, idle: Option<Duration>) -> bool {
+        let mut sleep: Option<Pin<Box<Sleep>>> = None;
+        let mut notified: Option<Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(r) = hd.poll_first_bytes(cx) {
+                return Poll::Ready(r.unwrap_or(false));
+            }
+            let n = notified.get_or_insert_with(|| Box::pin(self.idle_close.notified()));
+            // checked after registering, so a close between the two is not missed
+            if n.as_mut().poll(cx).is_ready() || self.closed.load(Ordering::Acquire) {
+                return Poll::Ready(false);
+            }
+            if let Some(idle) = idle {
+                let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
+                if s.as_mut().poll(cx).is_ready() {
+                    return Poll::Ready(false);
+                }
+            }
+            Poll::Pending
+        })
+        .await
+    }
 }
 
 struct ActiveGuard(Arc<AtomicUsize>, prometheus::IntGauge);
@@ -52,7 +115,7 @@ impl Drop for ActiveGuard {
 }
 
 #[async_trait]
-impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
+impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn process_new(
         self: &Arc<Self>,
         session: Stream,
@@ -70,8 +133,42 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             log::debug!("max_connections ({max}) reached, closing a new connection");
             return None;
         }
-        let wrapped: Stream = Box::new(HeadDeadline::new(session, head_timeout));
-        self.inner.process_new(wrapped, shutdown).await
+        // Pingora's HTTP/1 keep-alive loop (apps::ServerApp for HttpServerApp), with the wait
+        // for each request outside Pingora's per-request state. gatehouse offers neither TLS
+        // nor h2c on this listener, and does not turn on Pingora's HTTP/1 pipelining (so no
+        // bytes of a next request are carried in the persistent settings).
+        let request_limit = self
+            .inner
+            .server_options()
+            .and_then(|o| o.keepalive_request_limit);
+        let mut hd = Box::new(HeadDeadline::new(session, head_timeout));
+        let mut reused: Option<Option<HttpPersistentSettings>> = None;
+        loop {
+            let idle = reused.is_some().then_some(KEEPALIVE_IDLE);
+            if !self.wait_for_request(&mut hd, idle).await {
+                return None;
+            }
+            let mut session = ServerSession::new_http1(hd);
+            match reused.take() {
+                None => {
+                    if *shutdown.borrow() {
+                        session.set_keepalive(None);
+                    } else {
+                        session.set_keepalive(Some(KEEPALIVE_IDLE.as_secs()));
+                    }
+                    session.set_keepalive_reuses_remaining(request_limit);
+                }
+                Some(Some(settings)) => settings.apply_to_session(&mut session),
+                Some(None) => {}
+            }
+            let (stream, settings) = self
+                .inner
+                .process_new_http(session, shutdown)
+                .await?
+                .consume();
+            hd = stream.into_any().downcast::<HeadDeadline>().ok()?;
+            reused = Some(settings);
+        }
     }
 
     /// Called when the listeners stopped (shutdown or upgrade). Pingora's cleanup closes
@@ -81,7 +178,9 @@ impl<A: ServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     async fn cleanup(&self) {
         let grace = self.state.snapshot().raw.server.grace_period.0;
         tokio::time::sleep(grace.saturating_sub(Duration::from_secs(1))).await;
-        self.inner.cleanup().await
+        self.closed.store(true, Ordering::Release);
+        self.idle_close.notify_waiters();
+        self.inner.http_cleanup().await
     }
 }
 
@@ -97,6 +196,9 @@ pub struct HeadDeadline {
     /// how many bytes of `\r\n\r\n` the previous read ended with
     matched: u8,
     wrote_since_head: bool,
+    /// Bytes read by [`Self::poll_first_bytes`], served to the next reads before the socket.
+    pending: Vec<u8>,
+    pending_pos: usize,
 }
 
 impl fmt::Debug for HeadDeadline {
@@ -124,6 +226,30 @@ impl HeadDeadline {
             sleep: None,
             matched: 0,
             wrote_since_head: false,
+            pending: Vec::new(),
+            pending_pos: 0,
+        }
+    }
+
+    /// Waits for the next bytes from the client and keeps them for the next read:
+    /// `Ok(true)` when there are some, `Ok(false)` at end of stream. The read buffer lives on
+    /// the stack of this call only, so a connection waiting here holds nothing but `self`.
+    pub fn poll_first_bytes(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<bool>> {
+        if self.pending_pos < self.pending.len() {
+            return Poll::Ready(Ok(true));
+        }
+        let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); 4096];
+        let mut rb = ReadBuf::uninit(&mut tmp);
+        match Pin::new(&mut *self).poll_read(cx, &mut rb) {
+            Poll::Ready(Ok(())) if rb.filled().is_empty() => Poll::Ready(Ok(false)),
+            Poll::Ready(Ok(())) => {
+                self.pending.clear();
+                self.pending.extend_from_slice(rb.filled());
+                self.pending_pos = 0;
+                Poll::Ready(Ok(true))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => Poll::Pending,
         }
     }
 
@@ -154,6 +280,17 @@ impl AsyncRead for HeadDeadline {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<std::io::Result<()>> {
         let this = self.get_mut();
+        if this.pending_pos < this.pending.len() {
+            // already scanned when they were read
+            let n = buf.remaining().min(this.pending.len() - this.pending_pos);
+            buf.put_slice(&this.pending[this.pending_pos..this.pending_pos + n]);
+            this.pending_pos += n;
+            if this.pending_pos == this.pending.len() {
+                this.pending = Vec::new();
+                this.pending_pos = 0;
+            }
+            return Poll::Ready(Ok(()));
+        }
         if let Some(at) = this.deadline {
             if Instant::now() >= at {
                 return Poll::Ready(Err(timed_out()));
@@ -270,6 +407,14 @@ impl GetSocketDigest for HeadDeadline {
 #[async_trait]
 impl Peek for HeadDeadline {
     async fn try_peek(&mut self, buf: &mut [u8]) -> std::io::Result<bool> {
+        if self.pending_pos < self.pending.len() {
+            let have = &self.pending[self.pending_pos..];
+            if have.len() >= buf.len() {
+                buf.copy_from_slice(&have[..buf.len()]);
+                return Ok(true);
+            }
+            return Ok(false);
+        }
         self.inner.try_peek(buf).await
     }
 }
@@ -278,6 +423,35 @@ impl Peek for HeadDeadline {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn bytes_read_while_waiting_come_first() {
+        let (mut client, server) = tokio::io::duplex(1024);
+        let mut s = HeadDeadline::new(Box::new(server), Duration::from_secs(5));
+        client.write_all(b"GET / HTTP/1.1\r\n").await.unwrap();
+        let got = std::future::poll_fn(|cx| s.poll_first_bytes(cx)).await;
+        assert!(got.unwrap());
+        // waiting again does not read more
+        assert!(std::future::poll_fn(|cx| s.poll_first_bytes(cx))
+            .await
+            .unwrap());
+        client.write_all(b"Host: a\r\n\r\n").await.unwrap();
+        let mut buf = [0u8; 5];
+        assert_eq!(s.read(&mut buf).await.unwrap(), 5);
+        assert_eq!(&buf, b"GET /");
+        let mut rest = Vec::new();
+        let mut chunk = [0u8; 64];
+        while !rest.ends_with(b"\r\n\r\n") {
+            let n = s.read(&mut chunk).await.unwrap();
+            assert!(n > 0);
+            rest.extend_from_slice(&chunk[..n]);
+        }
+        assert_eq!(rest, b" HTTP/1.1\r\nHost: a\r\n\r\n");
+        drop(client);
+        assert!(!std::future::poll_fn(|cx| s.poll_first_bytes(cx))
+            .await
+            .unwrap());
+    }
 
     #[tokio::test(start_paused = true)]
     async fn slow_head_times_out_complete_head_does_not() {
