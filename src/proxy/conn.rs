@@ -79,30 +79,53 @@ impl<A> Guarded<A> {
 
     /// Waits for the first bytes of the next request on `hd`: `false` when the client closed
     /// or failed, the head deadline passed, the gateway is closing idle connections, or
-    /// (with `idle`) the connection stayed idle that long. The timer and the close
-    /// notification are only set up when the bytes are not there at once.
-    async fn wait_for_request(&self, hd: &mut HeadDeadline, idle: Option<Duration>) -> bool {
-        let mut sleep: Option<Pin<Box<Sleep>>> = None;
-        let mut notified: Option<Pin<Box<tokio::sync::futures::Notified<'_>>>> = None;
+    /// (with `idle`) the connection stayed idle that long. The idle timer and the close
+    /// notification belong to the connection (`w`): set up the first time a wait is not
+    /// answered at once, then only re-armed (extending a timer is lock-free in tokio).
+    async fn wait_for_request<'a>(
+        &'a self,
+        hd: &mut HeadDeadline,
+        idle: Option<Duration>,
+        w: &mut Waits<'a>,
+    ) -> bool {
+        let mut armed = false;
         std::future::poll_fn(|cx| {
             if let Poll::Ready(r) = hd.poll_first_bytes(cx) {
                 return Poll::Ready(r.unwrap_or(false));
             }
-            let n = notified.get_or_insert_with(|| Box::pin(self.idle_close.notified()));
+            let n = w
+                .closing
+                .get_or_insert_with(|| Box::pin(self.idle_close.notified()));
             // checked after registering, so a close between the two is not missed
             if n.as_mut().poll(cx).is_ready() || self.closed.load(Ordering::Acquire) {
                 return Poll::Ready(false);
             }
             if let Some(idle) = idle {
-                let s = sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep(idle)));
-                if s.as_mut().poll(cx).is_ready() {
-                    return Poll::Ready(false);
+                if !armed {
+                    armed = true;
+                    let at = Instant::now() + idle;
+                    match &mut w.idle {
+                        Some(s) => s.as_mut().reset(at),
+                        None => w.idle = Some(Box::pin(tokio::time::sleep_until(at))),
+                    }
+                }
+                if let Some(s) = &mut w.idle {
+                    if s.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(false);
+                    }
                 }
             }
             Poll::Pending
         })
         .await
     }
+}
+
+/// A connection's wait state between requests, created on first use.
+#[derive(Default)]
+struct Waits<'a> {
+    idle: Option<Pin<Box<Sleep>>>,
+    closing: Option<Pin<Box<tokio::sync::futures::Notified<'a>>>>,
 }
 
 struct ActiveGuard(Arc<AtomicUsize>, prometheus::IntGauge);
@@ -143,9 +166,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .and_then(|o| o.keepalive_request_limit);
         let mut hd = Box::new(HeadDeadline::new(session, head_timeout));
         let mut reused: Option<Option<HttpPersistentSettings>> = None;
+        let mut waits = Waits::default();
         loop {
             let idle = reused.is_some().then_some(KEEPALIVE_IDLE);
-            if !self.wait_for_request(&mut hd, idle).await {
+            if !self.wait_for_request(&mut hd, idle, &mut waits).await {
                 return None;
             }
             let mut session = ServerSession::new_http1(hd);
@@ -291,11 +315,9 @@ impl AsyncRead for HeadDeadline {
             }
             return Poll::Ready(Ok(()));
         }
-        if let Some(at) = this.deadline {
-            if Instant::now() >= at {
-                return Poll::Ready(Err(timed_out()));
-            }
-        }
+        // the deadline is enforced by the timer below, polled whenever a read of an
+        // incomplete head has to wait (a head cannot grow past Pingora's size limit without
+        // waiting, so no clock read is needed on reads that find data)
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &r {

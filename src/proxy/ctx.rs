@@ -120,6 +120,43 @@ pub fn valid_request_id(v: &[u8]) -> bool {
 
 /// A new request id: 32 hex digits, unique per process (random per-process prefix + counter),
 /// usable as a W3C trace id.
+/// The `X-Forwarded-For` sent upstream: the client's value (when it has one) with the
+/// connecting peer appended. Built in one buffer, no formatting machinery.
+pub fn upstream_forwarded_for(
+    prev: Option<&http::HeaderValue>,
+    peer: IpAddr,
+) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    let prev = prev
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.trim().is_empty());
+    let mut v = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prev {
+        v.extend_from_slice(p.as_bytes());
+        v.extend_from_slice(b", ");
+    }
+    match peer {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    v.push(b'.');
+                }
+                if octet >= 100 {
+                    v.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    v.push(b'0' + (octet / 10) % 10);
+                }
+                v.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(a) => {
+            use std::io::Write;
+            let _ = write!(v, "{a}");
+        }
+    }
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+}
+
 pub fn new_request_id() -> String {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
@@ -137,7 +174,10 @@ pub fn new_request_id() -> String {
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
     // mix the counter so consecutive ids do not look sequential
     let mixed = n.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ seed.rotate_left(17);
-    format!("{seed:016x}{mixed:016x}")
+    let mut id = [0u8; 32];
+    super::trace::put_hex(&mut id[..16], seed);
+    super::trace::put_hex(&mut id[16..], mixed);
+    String::from_utf8_lossy(&id).into_owned()
 }
 
 /// Parses one address from a forwarding header entry: `1.2.3.4`, `1.2.3.4:80`, `2001:db8::1`,
@@ -209,6 +249,44 @@ pub fn client_ip(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn upstream_forwarded_for_appends_the_peer() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.100.9",
+            "2001:db8::1",
+        ] {
+            let peer: IpAddr = ip.parse().unwrap();
+            assert_eq!(upstream_forwarded_for(None, peer).unwrap(), ip);
+            let prev = http::HeaderValue::from_static("203.0.113.7, 10.0.0.1");
+            assert_eq!(
+                upstream_forwarded_for(Some(&prev), peer).unwrap(),
+                format!("203.0.113.7, 10.0.0.1, {ip}").as_str()
+            );
+            let blank = http::HeaderValue::from_static("  ");
+            assert_eq!(upstream_forwarded_for(Some(&blank), peer).unwrap(), ip);
+        }
+        for n in 0..=255u8 {
+            let peer = IpAddr::V4(Ipv4Addr::new(n, 0, n, 9));
+            assert_eq!(
+                upstream_forwarded_for(None, peer).unwrap(),
+                peer.to_string().as_str()
+            );
+        }
+    }
+
+    #[test]
+    fn request_ids_are_32_hex_digits_and_distinct() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
 
     fn settings(cidrs: &[&str]) -> ServerSettings {
         ServerSettings {

@@ -268,15 +268,8 @@ impl ProxyHttp for Gateway {
             UpstreamHost::Fixed(v) => req.insert_header(http::header::HOST, v.clone())?,
         }
         let trusted_peer = ctx.snap.server.is_trusted(ctx.peer_ip);
-        let peer = ctx.peer_ip.to_string();
-        let xff = match req
-            .headers
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok())
-        {
-            Some(prev) if !prev.trim().is_empty() => format!("{prev}, {peer}"),
-            _ => peer,
-        };
+        let xff = ctx::upstream_forwarded_for(req.headers.get("x-forwarded-for"), ctx.peer_ip)
+            .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
         req.insert_header("x-forwarded-for", xff)?;
         if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
             req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
@@ -289,7 +282,7 @@ impl ProxyHttp for Gateway {
         req.insert_header("x-request-id", ctx.request_id_value())?;
         req.insert_header(
             "traceparent",
-            http::HeaderValue::try_from(trace::upstream_header(&ctx.trace))
+            http::HeaderValue::from_bytes(&trace::upstream_header(&ctx.trace))
                 .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?,
         )?;
         if !ctx.trace.continued {
@@ -372,7 +365,7 @@ impl ProxyHttp for Gateway {
                 .attempt_start
                 .map(|_| (ctx.upstream_time.as_secs_f64() * 1e6).round() / 1e3),
             retries: ctx.attempts.saturating_sub(1),
-            trace_id: &ctx.trace.trace_id,
+            trace_id: ctx.trace.trace_id(),
         };
         self.access_log.write(&entry);
     }

@@ -5,15 +5,39 @@
 use std::hash::{BuildHasher, Hasher};
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// The trace this request belongs to.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+/// The trace this request belongs to (ids kept as fixed-size ASCII: no allocation).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Trace {
-    /// 32 lowercase hex digits.
-    pub trace_id: String,
-    /// 2 hex digits (`01` = sampled).
-    pub flags: String,
+    /// 32 lowercase hex digits; all zero bytes before the request's trace is known.
+    trace_id: [u8; 32],
+    /// 2 lowercase hex digits (`01` = sampled).
+    flags: [u8; 2],
     /// Whether the client sent a valid `traceparent`.
     pub continued: bool,
+}
+
+impl Trace {
+    /// The 32-hex-digit trace id ("" before the request's trace is known).
+    pub fn trace_id(&self) -> &str {
+        if self.trace_id[0] == 0 {
+            return "";
+        }
+        std::str::from_utf8(&self.trace_id).unwrap_or("")
+    }
+
+    /// The 2-hex-digit trace flags.
+    pub fn flags(&self) -> &str {
+        std::str::from_utf8(&self.flags).unwrap_or("00")
+    }
+}
+
+const HEX: &[u8; 16] = b"0123456789abcdef";
+
+/// Writes `v` as 16 lowercase hex digits into `out[..16]`.
+pub fn put_hex(out: &mut [u8], v: u64) {
+    for (i, o) in out.iter_mut().take(16).enumerate() {
+        *o = HEX[((v >> (60 - 4 * i)) & 0xf) as usize];
+    }
 }
 
 fn hex(s: &str, len: usize) -> bool {
@@ -43,11 +67,14 @@ pub fn parse(v: &[u8]) -> Option<Trace> {
     {
         return None;
     }
-    Some(Trace {
-        trace_id: trace.to_string(),
-        flags: flags.to_ascii_lowercase(),
+    let mut t = Trace {
         continued: true,
-    })
+        ..Trace::default()
+    };
+    t.trace_id.copy_from_slice(trace.as_bytes());
+    t.flags.copy_from_slice(flags.as_bytes());
+    t.flags.make_ascii_lowercase();
+    Some(t)
 }
 
 fn random_u64() -> u64 {
@@ -59,16 +86,22 @@ fn random_u64() -> u64 {
 
 /// A fresh trace (not sampled: the gateway does not record spans itself).
 pub fn fresh() -> Trace {
-    Trace {
-        trace_id: format!("{:016x}{:016x}", random_u64(), random_u64()),
-        flags: "00".into(),
-        continued: false,
-    }
+    let mut t = Trace {
+        flags: *b"00",
+        ..Trace::default()
+    };
+    put_hex(&mut t.trace_id[..16], random_u64());
+    put_hex(&mut t.trace_id[16..], random_u64());
+    t
 }
 
 /// The `traceparent` to send upstream: this trace with a new span id for the gateway.
-pub fn upstream_header(t: &Trace) -> String {
-    format!("00-{}-{:016x}-{}", t.trace_id, random_u64(), t.flags)
+pub fn upstream_header(t: &Trace) -> [u8; 55] {
+    let mut v = *b"00-________________________________-________________-__";
+    v[3..35].copy_from_slice(&t.trace_id);
+    put_hex(&mut v[36..52], random_u64());
+    v[53..55].copy_from_slice(&t.flags);
+    v
 }
 
 #[cfg(test)]
@@ -78,8 +111,8 @@ mod tests {
     #[test]
     fn parses_and_rejects() {
         let t = parse(b"00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01").unwrap();
-        assert_eq!(t.trace_id, "4bf92f3577b34da6a3ce929d0e0e4736");
-        assert_eq!(t.flags, "01");
+        assert_eq!(t.trace_id(), "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(t.flags(), "01");
         for bad in [
             "00-00000000000000000000000000000000-00f067aa0ba902b7-01",
             "00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01",
@@ -91,6 +124,7 @@ mod tests {
             assert!(parse(bad.as_bytes()).is_none(), "{bad}");
         }
         let up = upstream_header(&t);
+        let up = std::str::from_utf8(&up).unwrap();
         assert!(up.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(up.ends_with("-01"));
         assert!(
@@ -98,6 +132,8 @@ mod tests {
             "the gateway is the new parent"
         );
         let f = fresh();
-        assert!(parse(upstream_header(&f).as_bytes()).is_some());
+        assert!(parse(&upstream_header(&f)).is_some());
+        assert_eq!(f.trace_id().len(), 32);
+        assert_eq!(Trace::default().trace_id(), "");
     }
 }
