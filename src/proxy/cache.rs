@@ -113,7 +113,12 @@ pub fn cache_key(s: &Session) -> CacheKey {
         .and_then(|a| a.as_inet())
         .map_or(80, |a| a.port());
     // HEAD is answered from GET's entry
-    CacheKey::new(format!("GET {}", url_key(s.req_header(), port)), "")
+    let mut key = CacheKey::new(format!("GET {}", url_key(s.req_header(), port)), "");
+    // Pingora hashes the primary key (blake2b) each time it asks for it (lookup, lock,
+    // eviction, storage); hash once and hand it the result
+    let bin = pingora_cache::key::CacheHashKey::primary_bin(&key);
+    key.set_primary_bin_override(bin);
+    key
 }
 
 /// Statuses cacheable by default (RFC 9110 15.1) when the upstream gives no freshness.

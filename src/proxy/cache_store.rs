@@ -6,14 +6,18 @@
 //! stored. Concurrent readers of a key being filled wait on Pingora's cache lock, not here.
 //!
 //! Memory is bounded by Pingora's LRU eviction manager (`src/proxy/cache.rs`), which is told
-//! each object's weight (body + serialized header) and asks the proxy to purge what falls out.
+//! each object's weight (body + header) and asks the proxy to purge what falls out.
+//!
+//! The response header of an object is kept parsed: Pingora's serialized form is compressed
+//! (zstd), and decompressing and parsing it on every hit cost more than the rest of the hit.
 //! The storage keeps the byte total for `gatehouse_cache_size_bytes`, and an index from each
 //! URL's primary key to its variants so an admin purge removes all of them.
 
 use std::any::Any;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, OnceLock, RwLock};
+use std::time::UNIX_EPOCH;
 
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
@@ -24,18 +28,66 @@ use pingora_cache::storage::{
 use pingora_cache::trace::SpanHandle;
 use pingora_cache::{CacheKey, CacheMeta, HitHandler, MissHandler};
 use pingora_error::{Error, ErrorType, Result};
+use pingora_http::ResponseHeader;
 
 const SHARDS: usize = 16;
 
 struct Object {
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
     body: Bytes,
 }
 
 impl Object {
     fn weight(&self) -> usize {
-        self.body.len() + self.meta.0.len() + self.meta.1.len()
+        self.body.len() + self.meta.internal.len() + self.meta.header_size
     }
+}
+
+/// An object's `CacheMeta`: the small internal part (times, variance) serialized, the
+/// response header parsed.
+struct StoredMeta {
+    internal: Vec<u8>,
+    header: ResponseHeader,
+    /// What the parsed header holds in memory (estimated), for the object's weight.
+    header_size: usize,
+}
+
+impl StoredMeta {
+    fn new(meta: &CacheMeta) -> Result<Self> {
+        let (internal, serialized) = meta.serialize()?;
+        let header = meta.response_header_copy();
+        let parsed: usize = header
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 64)
+            .sum();
+        Ok(StoredMeta {
+            internal,
+            header_size: serialized.len().max(parsed + 128),
+            header,
+        })
+    }
+
+    /// The `CacheMeta` for a hit: the internal part deserialized (with a minimal header, so
+    /// nothing is decompressed), then the stored header cloned in.
+    fn to_meta(&self) -> Result<CacheMeta> {
+        let mut meta = CacheMeta::deserialize(&self.internal, minimal_header()?)?;
+        *meta.response_header_mut() = self.header.clone();
+        Ok(meta)
+    }
+}
+
+/// The serialized form of a bare `200` header, made once.
+fn minimal_header() -> Result<&'static [u8]> {
+    static MINIMAL: OnceLock<Option<Vec<u8>>> = OnceLock::new();
+    MINIMAL
+        .get_or_init(|| {
+            let h = ResponseHeader::build(200, Some(0)).ok()?;
+            let meta = CacheMeta::new(UNIX_EPOCH, UNIX_EPOCH, 0, 0, h);
+            meta.serialize().ok().map(|(_, header)| header)
+        })
+        .as_deref()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "cache: minimal header"))
 }
 
 type Shard = RwLock<HashMap<HashBinary, Arc<Object>>>;
@@ -215,7 +267,7 @@ struct Miss {
     store: &'static MemStore,
     primary: HashBinary,
     combined: HashBinary,
-    meta: (Vec<u8>, Vec<u8>),
+    meta: StoredMeta,
     body: BytesMut,
 }
 
@@ -261,7 +313,7 @@ impl Storage for MemStore {
             .get(&combined)
             .cloned();
         let Some(obj) = obj else { return Ok(None) };
-        let meta = CacheMeta::deserialize(&obj.meta.0, &obj.meta.1)?;
+        let meta = obj.meta.to_meta()?;
         let hit = Hit {
             end: obj.body.len(),
             body: obj.body.clone(),
@@ -281,7 +333,7 @@ impl Storage for MemStore {
             store: self,
             primary: key.primary_bin(),
             combined: key.combined_bin(),
-            meta: meta.serialize()?,
+            meta: StoredMeta::new(meta)?,
             body: BytesMut::new(),
         }))
     }
@@ -308,7 +360,7 @@ impl Storage for MemStore {
         _t: &SpanHandle,
     ) -> Result<bool> {
         let combined = key.combined_bin();
-        let meta = meta.serialize()?;
+        let meta = StoredMeta::new(meta)?;
         let mut shard = self.shard(&combined).write().map_err(lock_err)?;
         let Some(old) = shard.get(&combined).cloned() else {
             return Ok(false);
@@ -326,5 +378,37 @@ impl Storage for MemStore {
 
     fn as_any(&self) -> &(dyn Any + Send + Sync + 'static) {
         self
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::{Duration, SystemTime};
+
+    #[test]
+    fn stored_meta_round_trips_what_a_hit_needs() {
+        let mut h = ResponseHeader::build(200, None).unwrap();
+        h.insert_header("Content-Type", "text/plain").unwrap();
+        h.insert_header("X-Custom-Case", "v").unwrap();
+        let created = SystemTime::now() - Duration::from_secs(30);
+        let fresh = created + Duration::from_secs(60);
+        let mut meta = CacheMeta::new(fresh, created, 10, 300, h);
+        meta.set_variance([7u8; 16]);
+        let stored = StoredMeta::new(&meta).unwrap();
+        let back = stored.to_meta().unwrap();
+        assert_eq!(back.created(), meta.created());
+        assert_eq!(back.updated(), meta.updated());
+        assert_eq!(back.fresh_until(), meta.fresh_until());
+        assert_eq!(back.stale_while_revalidate_sec(), 10);
+        assert_eq!(back.stale_if_error_sec(), 300);
+        assert_eq!(back.variance(), meta.variance());
+        assert_eq!(back.response_header().status.as_u16(), 200);
+        assert_eq!(back.headers()["content-type"], "text/plain");
+        // the header keeps its case on the wire
+        let mut wire = Vec::new();
+        back.response_header().header_to_h1_wire(&mut wire);
+        assert!(String::from_utf8_lossy(&wire).contains("X-Custom-Case: v"));
+        assert!(stored.header_size >= 128);
     }
 }
