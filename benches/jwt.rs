@@ -1,5 +1,5 @@
 //! JWT verification cost per algorithm family, uncached (every call verifies the signature)
-//! and cached (a recently verified RS/ES token: SHA-256 of the token + map lookup + exp check).
+//! and cached (a recently verified token: SHA-256 of the token + map lookup + exp check).
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 

@@ -277,23 +277,44 @@ impl HeadDeadline {
         }
     }
 
-    /// Scans newly read bytes for the end of the head.
+    /// Scans newly read bytes for the end of the head (`\r\n\r\n`, which may be split
+    /// across reads).
     fn scan(&mut self, data: &[u8]) {
         const END: &[u8; 4] = b"\r\n\r\n";
-        for &b in data {
-            if b == END[self.matched as usize] {
+        let mut rest = data;
+        // finish a match begun at the end of the previous read
+        while self.matched > 0 {
+            let Some((&b, tail)) = rest.split_first() else {
+                return;
+            };
+            if b == END[usize::from(self.matched)] {
                 self.matched += 1;
+                rest = tail;
                 if self.matched == 4 {
-                    self.deadline = None;
-                    self.sleep = None;
-                    self.matched = 0;
-                    self.wrote_since_head = false;
+                    self.head_done();
                     return;
                 }
             } else {
-                self.matched = u8::from(b == b'\r');
+                // `b` is looked at again below: it may start a new match
+                self.matched = 0;
             }
         }
+        if memchr::memmem::find(rest, END).is_some() {
+            self.head_done();
+            return;
+        }
+        // a match may begin in the last three bytes
+        self.matched = (1..=3u8)
+            .rev()
+            .find(|&k| rest.ends_with(&END[..usize::from(k)]))
+            .unwrap_or(0);
+    }
+
+    fn head_done(&mut self) {
+        self.deadline = None;
+        self.sleep = None;
+        self.matched = 0;
+        self.wrote_since_head = false;
     }
 }
 
@@ -445,6 +466,57 @@ impl Peek for HeadDeadline {
 mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// The byte-at-a-time scanner the fast one must agree with.
+    fn naive_end(chunks: &[&[u8]]) -> Option<usize> {
+        let all: Vec<u8> = chunks.concat();
+        all.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    }
+
+    #[test]
+    fn head_end_found_across_any_split() {
+        let heads: [&[u8]; 5] = [
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"GET / HTTP/1.1\r\nX: \r\r\n\r\r\nHost: a\r\n\r\nBODY",
+            b"\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r",
+            b"\r\r\n\n\r\n\r\r\n\r\n",
+        ];
+        for head in heads {
+            for a in 0..=head.len() {
+                for b in a..=head.len() {
+                    let chunks = [&head[..a], &head[a..b], &head[b..]];
+                    let (client, server) = tokio::io::duplex(16);
+                    drop(client);
+                    let mut s = HeadDeadline::new(Box::new(server), Duration::from_secs(5));
+                    let mut done_at = None;
+                    let mut seen = 0;
+                    for c in chunks {
+                        if done_at.is_none() {
+                            s.scan(c);
+                            seen += c.len();
+                            if s.deadline.is_none() {
+                                done_at = Some(seen);
+                            }
+                        }
+                    }
+                    // done after the chunk holding the end, whichever chunk that was
+                    let want = naive_end(&chunks).map(|end| {
+                        let mut acc = 0;
+                        chunks
+                            .iter()
+                            .map(|c| {
+                                acc += c.len();
+                                acc
+                            })
+                            .find(|&acc| acc >= end)
+                            .unwrap_or(0)
+                    });
+                    assert_eq!(done_at, want, "{head:?} split at {a}, {b}");
+                }
+            }
+        }
+    }
 
     #[tokio::test]
     async fn bytes_read_while_waiting_come_first() {

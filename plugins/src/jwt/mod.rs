@@ -107,7 +107,7 @@ pub struct JwtConfig {
     claims: BTreeMap<String, Accepted>,
     #[serde(default)]
     forward_claims: BTreeMap<String, String>,
-    /// Verified tokens kept for RS/PS/ES/EdDSA keys (0 disables the cache).
+    /// Verified tokens kept, any algorithm (exp/nbf are checked again on every use).
     #[serde(default = "default_cache")]
     cache_size: usize,
 }

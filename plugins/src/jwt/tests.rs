@@ -245,6 +245,15 @@ async fn cache_respects_expiry_and_key_changes() {
     assert_eq!(run(&p, &bearer(&t)).await.0, 0);
     assert_eq!(p.cache.len(), 1);
     assert_eq!(run(&p, &bearer(&t)).await.0, 0);
+    // HMAC tokens are kept too; a token differing in its signature is not a hit
+    let h = hs(good(), Some("hs"));
+    assert_eq!(run(&p, &bearer(&h)).await.0, 0);
+    assert_eq!(p.cache.len(), 2);
+    let mut forged = h.clone();
+    let last = forged.pop().unwrap();
+    forged.push(if last == 'A' { 'B' } else { 'A' });
+    assert_eq!(run(&p, &bearer(&forged)).await.0, 401);
+    assert_eq!(p.cache.len(), 2);
     // a token that expires (with leeway 0) is rejected even when cached
     let strict = build(&format!("{CFG}leeway: 0s\n"));
     let mut short = good();
