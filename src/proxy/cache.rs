@@ -79,6 +79,14 @@ pub fn request_cache_filter(rt: &CacheRuntime, s: &mut Session, ctx: &mut Ctx) {
 
 /// `scheme://host:port/path?query`, lowercase host, explicit port.
 pub fn url_key(req: &RequestHeader, listener_port: u16) -> String {
+    let mut out = String::with_capacity(64);
+    push_url_key(&mut out, req, listener_port);
+    out
+}
+
+/// Appends [`url_key`] to `out`.
+fn push_url_key(out: &mut String, req: &RequestHeader, listener_port: u16) {
+    use std::fmt::Write;
     let host = req
         .headers
         .get(HOST)
@@ -87,7 +95,10 @@ pub fn url_key(req: &RequestHeader, listener_port: u16) -> String {
         .unwrap_or("");
     let (name, port) = split_host_port(host, listener_port);
     let pq = req.uri.path_and_query().map_or("/", |p| p.as_str());
-    format!("http://{}:{port}{pq}", name.to_ascii_lowercase())
+    out.push_str("http://");
+    out.extend(name.chars().map(|c| c.to_ascii_lowercase()));
+    let _ = write!(out, ":{port}");
+    out.push_str(pq);
 }
 
 fn split_host_port(host: &str, default_port: u16) -> (&str, u16) {
@@ -113,7 +124,10 @@ pub fn cache_key(s: &Session) -> CacheKey {
         .and_then(|a| a.as_inet())
         .map_or(80, |a| a.port());
     // HEAD is answered from GET's entry
-    let mut key = CacheKey::new(format!("GET {}", url_key(s.req_header(), port)), "");
+    let mut primary = String::with_capacity(96);
+    primary.push_str("GET ");
+    push_url_key(&mut primary, s.req_header(), port);
+    let mut key = CacheKey::new(primary, "");
     // Pingora hashes the primary key (blake2b) each time it asks for it (lookup, lock,
     // eviction, storage); hash once and hand it the result
     let bin = pingora_cache::key::CacheHashKey::primary_bin(&key);

@@ -45,7 +45,8 @@ pub struct Ctx {
     pub attempt_start: Option<Instant>,
     /// Time spent waiting for upstream response headers, all attempts.
     pub upstream_time: std::time::Duration,
-    /// The W3C trace this request belongs to.
+    /// The W3C trace this request belongs to: the client's, or (see [`Ctx::trace`]) a
+    /// fresh one made when first needed.
     pub trace: super::trace::Trace,
     /// `info.request_id` as a header value, built once and shared (refcounted) by every
     /// header that carries it.
@@ -93,6 +94,15 @@ impl Ctx {
 }
 
 impl Ctx {
+    /// The request's trace, made now if the client sent none (a random trace id costs two
+    /// hashes: requests that never go upstream and are not logged skip them).
+    pub fn trace(&mut self) -> &super::trace::Trace {
+        if !self.trace.is_set() {
+            self.trace = super::trace::fresh();
+        }
+        &self.trace
+    }
+
     /// The request id as a header value (made once, then cloned by reference count).
     pub fn request_id_value(&mut self) -> http::HeaderValue {
         if let Some(v) = &self.request_id_header {

@@ -85,12 +85,15 @@ impl ProxyHttp for Gateway {
             let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
             ctx.info.client_ip = ctx::client_ip(peer, xff, fwd, &ctx.snap.server);
         }
-        ctx.trace = s
+        // a fresh trace is made only when something needs it (Ctx::trace)
+        if let Some(t) = s
             .req_header()
             .headers
             .get("traceparent")
             .and_then(|v| trace::parse(v.as_bytes()))
-            .unwrap_or_else(trace::fresh);
+        {
+            ctx.trace = t;
+        }
         // no progress on the request body for this long ends the request
         s.set_read_timeout(Some(ctx.snap.server.body_read_timeout));
         Ok(())
@@ -282,10 +285,10 @@ impl ProxyHttp for Gateway {
         req.insert_header("x-request-id", ctx.request_id_value())?;
         req.insert_header(
             "traceparent",
-            http::HeaderValue::from_bytes(&trace::upstream_header(&ctx.trace))
+            http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace()))
                 .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?,
         )?;
-        if !ctx.trace.continued {
+        if !ctx.trace().continued {
             req.remove_header("tracestate");
         }
         if s.cache.enabled() {
@@ -345,6 +348,7 @@ impl ProxyHttp for Gateway {
         if !self.access_log.enabled() {
             return;
         }
+        ctx.trace();
         let entry = access_log::Entry {
             time: access_log::Timestamp(SystemTime::now()),
             request_id: &ctx.info.request_id,

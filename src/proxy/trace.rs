@@ -25,6 +25,11 @@ impl Trace {
         std::str::from_utf8(&self.trace_id).unwrap_or("")
     }
 
+    /// Whether this holds a trace (the client's or a fresh one).
+    pub fn is_set(&self) -> bool {
+        self.trace_id[0] != 0
+    }
+
     /// The 2-hex-digit trace flags.
     pub fn flags(&self) -> &str {
         std::str::from_utf8(&self.flags).unwrap_or("00")
