@@ -128,8 +128,6 @@ pub fn valid_request_id(v: &[u8]) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
 }
 
-/// A new request id: 32 hex digits, unique per process (random per-process prefix + counter),
-/// usable as a W3C trace id.
 /// The `X-Forwarded-For` sent upstream: the client's value (when it has one) with the
 /// connecting peer appended. Built in one buffer, no formatting machinery.
 pub fn upstream_forwarded_for(
@@ -167,6 +165,8 @@ pub fn upstream_forwarded_for(
     http::HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
 }
 
+/// A new request id: 32 hex digits, unique per process (random per-process prefix + counter),
+/// usable as a W3C trace id.
 pub fn new_request_id() -> String {
     static SEED: OnceLock<u64> = OnceLock::new();
     static COUNTER: AtomicU64 = AtomicU64::new(0);
