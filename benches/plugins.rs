@@ -8,18 +8,18 @@ use std::sync::Arc;
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse_plugins::api::testing::{session_from_bytes, test_info};
-use gatehouse_plugins::{BuildEnv, Plugin, PluginCtx, Registry};
+use gatehouse_plugins::{BuildEnv, Plugin, PluginCtx};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 const SECRET: &str = "bench-secret-bench-secret-bench-secret";
 
 fn chain(yaml: &str) -> Vec<Arc<dyn Plugin>> {
-    let reg = Registry::with_builtins();
+    let reg = gatehouse_plugins::builtins();
     let list: Vec<serde_yaml::Mapping> = serde_yaml::from_str(yaml).unwrap();
     list.into_iter()
         .map(|m| {
             let (k, v) = m.into_iter().next().unwrap();
-            reg.build(k.as_str().unwrap(), v, &BuildEnv::default())
+            reg.build(k.as_str().unwrap(), v, &mut BuildEnv::default())
                 .unwrap()
         })
         .collect()

@@ -14,14 +14,12 @@ use std::net::{IpAddr, Ipv4Addr};
 
 use criterion::{black_box, criterion_group, criterion_main, Criterion};
 use gatehouse_plugins::rate_limit::RateLimit;
-use gatehouse_plugins::{BuildEnv, PluginSpec};
 
 fn limiter(requests: u64, active_keys: usize) -> RateLimit {
-    let cfg = serde_yaml::from_str(&format!(
+    gatehouse_plugins::api::testing::build(&format!(
         "key: client_ip\nrequests: {requests}\nper: 1h\nactive_keys: {active_keys}"
     ))
-    .unwrap();
-    RateLimit::build(cfg, &BuildEnv::default()).unwrap()
+    .unwrap()
 }
 
 fn ip(i: u32) -> IpAddr {

@@ -1,7 +1,7 @@
 //! Builds and runs the Pingora server: the proxy service on `server.listen`, the admin service
 //! on `admin.listen`, and the health supervisor.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -15,13 +15,13 @@ use pingora_core::services::listening::Service;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::config::{self, CompileEnv, ConfigErrors};
+use crate::config::{self, ConfigErrors, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
 use crate::proxy::conn::Guarded;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader};
-use crate::state::{SharedState, Snapshot};
+use crate::state::SharedState;
 use crate::upstream::health::HealthSupervisor;
 
 /// Why the gateway could not start.
@@ -51,38 +51,6 @@ pub struct RunOptions {
     pub upgrade: bool,
 }
 
-fn base_dir(path: &Path) -> PathBuf {
-    path.parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .map(Path::to_path_buf)
-        .unwrap_or_else(|| PathBuf::from("."))
-}
-
-/// Loads and compiles a config file (what `gatehouse check` runs).
-pub fn load(
-    path: &Path,
-    registry: &Registry,
-    metrics: &Metrics,
-    previous: Option<&Snapshot>,
-) -> Result<Snapshot, ConfigErrors> {
-    let loaded = config::load_full(path)?;
-    let raw = loaded.raw;
-    let env = CompileEnv {
-        registry,
-        metrics,
-        base_dir: base_dir(path),
-        previous,
-        version: previous.map_or(1, |p| p.version + 1),
-    };
-    let mut snap = config::compile(raw, &env).map_err(|errors| ConfigErrors {
-        file: path.display().to_string(),
-        errors,
-    })?;
-    snap.source_hash = loaded.hash;
-    snap.source = loaded.tree;
-    Ok(snap)
-}
-
 /// SIGTERM and SIGINT both shut down gracefully (in-flight requests get the grace period);
 /// SIGQUIT hands the listening sockets to a new process (`run --upgrade`).
 struct Signals;
@@ -110,33 +78,24 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
-/// Starts the gateway and blocks until it has shut down.
-pub fn run(opts: RunOptions) -> Result<(), AppError> {
-    // the latency buckets are part of the config: peek at them before the metrics exist
-    let buckets = config::load_full(&opts.config)?
+/// Starts the gateway on the config `loaded` from `opts.config` (read once, by the caller)
+/// with the plugins of `registry`, and blocks until it has shut down.
+pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), AppError> {
+    // the latency buckets are part of the config: the metrics are made before compiling
+    let buckets = loaded
         .raw
         .server
         .latency_buckets
+        .clone()
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| crate::metrics::DURATION_BUCKETS.to_vec());
-    let metrics = Arc::new(Metrics::with_buckets(buckets)?);
-    let registry = Registry::with_builtins();
-    let snapshot = load(&opts.config, &registry, &metrics, None)?;
-    metrics
-        .config_reloads
-        .with_label_values(&["startup", "ok"])
-        .inc();
-    metrics.config_version.set(snapshot.version as i64);
-    metrics.config_last_success.set(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64()),
-    );
-    for g in snapshot.upstreams.values() {
-        for b in &g.backends {
-            metrics.set_backend_health(&g.name, &b.label, b.is_healthy());
-        }
-    }
+    let metrics = Arc::new(Metrics::for_gateway(
+        &buckets,
+        &registry.decision_metrics(),
+    )?);
+    let snapshot = config::compile_loaded(&opts.config, loaded, &registry, &metrics, None)?;
+    crate::reload::sync_series(&metrics, None, &snapshot);
+    metrics.config.applied("startup", snapshot.version);
 
     let server_cfg = snapshot.raw.server.clone();
     if !opts.upgrade {
@@ -172,9 +131,10 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
 
     let grace = server_cfg.grace_period.0.as_secs_f64().ceil() as u64;
     let conf = ServerConf {
-        threads: server_cfg
-            .threads
-            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get())),
+        threads: server_cfg.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        ),
         grace_period_seconds: Some(grace),
         upgrade_sock: server_cfg.upgrade_sock.clone(),
         work_stealing: server_cfg.work_stealing,
@@ -216,8 +176,8 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     let guarded = Guarded::new(
         pingora_proxy::http_proxy(&server.configuration, gateway),
         Arc::clone(&state),
-        metrics.connections_active.with_label_values(&["proxy"]),
-        metrics.connections_accepted.with_label_values(&["proxy"]),
+        metrics.connections.active.with_label_values(&["proxy"]),
+        metrics.connections.accepted.with_label_values(&["proxy"]),
     );
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     for l in &server_cfg.listen {
@@ -241,10 +201,17 @@ pub fn run(opts: RunOptions) -> Result<(), AppError> {
     admin.add_tcp(&admin_listen);
     let health = background_service(
         "health",
-        HealthSupervisor {
-            state: Arc::clone(&state),
-            metrics: Arc::clone(&metrics),
-        },
+        HealthSupervisor::new(
+            {
+                let state = Arc::clone(&state);
+                move || state.snapshot().upstreams.values().cloned().collect()
+            },
+            {
+                let state = Arc::clone(&state);
+                move || state.set_health_ready()
+            },
+            Arc::clone(&metrics),
+        ),
     );
     server.add_service(proxy);
     server.add_service(admin);

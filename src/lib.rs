@@ -2,11 +2,13 @@
 //!
 //! One YAML file ([`config`]) compiles into an immutable [`state::Snapshot`]; the proxy
 //! ([`proxy::Gateway`]) routes each request ([`router`]) through the route's plugin chain to a
-//! health-checked [`upstream`] group. [`app`] wires the Pingora services together.
+//! health-checked [`upstream`] group. [`app`] wires the Pingora services together;
+//! [`cli`] is the command line, one entry point for the built-in and any custom registry.
 
 pub mod access_log;
 pub mod admin;
 pub mod app;
+pub mod cli;
 pub mod config;
 pub mod metrics;
 pub mod proxy;

@@ -5,9 +5,12 @@
 //! The request path never formats a label: each route carries [`RouteMetrics`] with its series
 //! resolved on first use.
 
+use std::collections::HashMap;
 use std::sync::{Arc, OnceLock};
 
+use gatehouse_plugins::api::DecisionMetric;
 use http::Method;
+use prometheus::core::Collector;
 use prometheus::{
     Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
     IntGaugeVec, Opts, Registry, TextEncoder,
@@ -18,248 +21,352 @@ pub const DURATION_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
-/// All of gatehouse's metrics.
+/// Series of requests, by route.
+pub(crate) struct HttpMetrics {
+    pub(crate) requests: IntCounterVec,
+    pub(crate) duration: HistogramVec,
+    pub(crate) request_size: HistogramVec,
+    pub(crate) response_size: HistogramVec,
+}
+
+/// Series of upstream groups and their backends.
+pub(crate) struct UpstreamMetrics {
+    pub(crate) duration: HistogramVec,
+    pub(crate) errors: IntCounterVec,
+    pub(crate) retries: IntCounterVec,
+    pub(crate) backend_healthy: IntGaugeVec,
+    pub(crate) breaker_state: IntGaugeVec,
+    pub(crate) breaker_transitions: IntCounterVec,
+}
+
+/// Series of client connections, by listener.
+pub(crate) struct ConnectionMetrics {
+    pub(crate) active: IntGaugeVec,
+    pub(crate) accepted: IntCounterVec,
+}
+
+/// Series of config loads.
+pub(crate) struct ConfigMetrics {
+    pub(crate) reloads: IntCounterVec,
+    pub(crate) version: IntGauge,
+    pub(crate) last_success: prometheus::Gauge,
+    pub(crate) restart_required: IntCounter,
+}
+
+/// Plugin decisions: plugins that declare a metric of their own
+/// (`PluginSpec::DECISION_METRIC`) count there, every other plugin in
+/// `gatehouse_plugin_decisions_total{plugin,route,result}`.
+pub(crate) struct DecisionMetrics {
+    own: HashMap<&'static str, IntCounterVec>,
+    shared: IntCounterVec,
+}
+
+/// Failure kinds counted in `gatehouse_upstream_errors_total{kind}`.
+pub(crate) const UPSTREAM_ERROR_KINDS: [&str; 4] = ["connect", "timeout", "reset", "5xx"];
+/// Results of `gatehouse_config_reloads_total{result}` and the triggers that produce them.
+const RELOAD_TRIGGERS: [&str; 4] = ["startup", "file", "signal", "admin"];
+const RELOAD_RESULTS: [&str; 3] = ["ok", "error", "unchanged"];
+/// States entered, as labels of `gatehouse_circuit_breaker_transitions_total{to}`.
+const BREAKER_STATES: [&str; 3] = ["closed", "half_open", "open"];
+/// Labels of `gatehouse_upstream_retries_total{reason}`.
+const RETRY_REASONS: [&str; 8] = [
+    "connect_failure",
+    "timeout",
+    "reset",
+    "500",
+    "502",
+    "503",
+    "504",
+    "status",
+];
+
+/// All of gatehouse's metrics, grouped by area.
 pub struct Metrics {
     registry: Registry,
-    pub http_requests: IntCounterVec,
-    pub http_duration: HistogramVec,
-    pub http_request_size: HistogramVec,
-    pub http_response_size: HistogramVec,
-    pub upstream_duration: HistogramVec,
-    pub upstream_errors: IntCounterVec,
-    pub connections_active: IntGaugeVec,
-    pub connections_accepted: IntCounterVec,
-    pub backend_healthy: IntGaugeVec,
-    pub config_reloads: IntCounterVec,
-    pub config_version: IntGauge,
-    pub access_log_dropped: IntCounter,
-    pub jwt_validations: IntCounterVec,
-    pub ratelimit_decisions: IntCounterVec,
-    pub plugin_decisions: IntCounterVec,
-    pub cache_requests: IntCounterVec,
-    pub cache_size: IntGauge,
-    pub config_last_success: prometheus::Gauge,
-    pub config_restart_required: IntCounter,
-    pub breaker_state: IntGaugeVec,
-    pub breaker_transitions: IntCounterVec,
-    pub upstream_retries: IntCounterVec,
+    pub(crate) http: HttpMetrics,
+    pub(crate) upstream: UpstreamMetrics,
+    pub(crate) connections: ConnectionMetrics,
+    pub(crate) config: ConfigMetrics,
+    pub(crate) decisions: DecisionMetrics,
+    pub(crate) cache_size: IntGauge,
+    pub(crate) access_log_dropped: IntCounter,
+}
+
+fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauge_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn histogram_vec(
+    name: &str,
+    help: &str,
+    buckets: &[f64],
+    labels: &[&str],
+) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+        labels,
+    )
+}
+
+/// Registers each collector (cloned handles share their series).
+fn register(registry: &Registry, all: Vec<Box<dyn Collector>>) -> prometheus::Result<()> {
+    all.into_iter().try_for_each(|c| registry.register(c))
+}
+
+impl HttpMetrics {
+    fn new(buckets: &[f64], registry: &Registry) -> prometheus::Result<Self> {
+        let sizes = prometheus::exponential_buckets(64.0, 4.0, 11)?;
+        let m = HttpMetrics {
+            requests: counter_vec(
+                "gatehouse_http_requests_total",
+                "HTTP requests answered, by route, method and status class.",
+                &["route", "method", "status_class"],
+            )?,
+            duration: histogram_vec(
+                "gatehouse_http_request_duration_seconds",
+                "Time from the request head to the end of the response, by route.",
+                buckets,
+                &["route"],
+            )?,
+            request_size: histogram_vec(
+                "gatehouse_http_request_size_bytes",
+                "Request body size, by route.",
+                &sizes,
+                &["route"],
+            )?,
+            response_size: histogram_vec(
+                "gatehouse_http_response_size_bytes",
+                "Response body size sent to the client, by route.",
+                &sizes,
+                &["route"],
+            )?,
+        };
+        register(
+            registry,
+            vec![
+                Box::new(m.requests.clone()),
+                Box::new(m.duration.clone()),
+                Box::new(m.request_size.clone()),
+                Box::new(m.response_size.clone()),
+            ],
+        )?;
+        Ok(m)
+    }
+}
+
+impl UpstreamMetrics {
+    fn new(buckets: &[f64], registry: &Registry) -> prometheus::Result<Self> {
+        let m = UpstreamMetrics {
+            duration: histogram_vec(
+                "gatehouse_upstream_request_duration_seconds",
+                "Time from choosing a backend to its response header, per attempt, by upstream.",
+                buckets,
+                &["upstream"],
+            )?,
+            errors: counter_vec(
+                "gatehouse_upstream_errors_total",
+                "Failed upstream attempts by upstream and kind (connect, timeout, reset, 5xx).",
+                &["upstream", "kind"],
+            )?,
+            retries: counter_vec(
+                "gatehouse_upstream_retries_total",
+                "Upstream attempts retried on another backend, by reason.",
+                &["upstream", "reason"],
+            )?,
+            backend_healthy: gauge_vec(
+                "gatehouse_upstream_backend_healthy",
+                "1 when the backend gets traffic, 0 when its health checks fail.",
+                &["upstream", "backend"],
+            )?,
+            breaker_state: gauge_vec(
+                "gatehouse_circuit_breaker_state",
+                "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
+                &["upstream", "backend"],
+            )?,
+            breaker_transitions: counter_vec(
+                "gatehouse_circuit_breaker_transitions_total",
+                "Circuit breaker state changes per backend, by the state entered.",
+                &["upstream", "backend", "to"],
+            )?,
+        };
+        register(
+            registry,
+            vec![
+                Box::new(m.duration.clone()),
+                Box::new(m.errors.clone()),
+                Box::new(m.retries.clone()),
+                Box::new(m.backend_healthy.clone()),
+                Box::new(m.breaker_state.clone()),
+                Box::new(m.breaker_transitions.clone()),
+            ],
+        )?;
+        Ok(m)
+    }
+}
+
+impl ConnectionMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = ConnectionMetrics {
+            active: gauge_vec(
+                "gatehouse_connections_active",
+                "Client connections open now, by listener.",
+                &["listener"],
+            )?,
+            accepted: counter_vec(
+                "gatehouse_connections_accepted_total",
+                "Client connections accepted, by listener.",
+                &["listener"],
+            )?,
+        };
+        register(
+            registry,
+            vec![Box::new(m.active.clone()), Box::new(m.accepted.clone())],
+        )?;
+        Ok(m)
+    }
+}
+
+impl ConfigMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = ConfigMetrics {
+            reloads: counter_vec(
+                "gatehouse_config_reloads_total",
+                "Config loads, by trigger and result.",
+                &["trigger", "result"],
+            )?,
+            version: IntGauge::new(
+                "gatehouse_config_version",
+                "Version of the active config (1 at startup, +1 per applied reload).",
+            )?,
+            last_success: prometheus::Gauge::new(
+                "gatehouse_config_last_reload_success_timestamp_seconds",
+                "Unix time of the last config load that was applied.",
+            )?,
+            restart_required: IntCounter::new(
+                "gatehouse_config_restart_required_total",
+                "Applied reloads that also changed settings only a restart applies (listeners, threads, ...).",
+            )?,
+        };
+        // every trigger/result pair from the start: an alert on errors sees the first one
+        for t in RELOAD_TRIGGERS {
+            for r in RELOAD_RESULTS {
+                m.reloads.with_label_values(&[t, r]);
+            }
+        }
+        register(
+            registry,
+            vec![
+                Box::new(m.reloads.clone()),
+                Box::new(m.version.clone()),
+                Box::new(m.last_success.clone()),
+                Box::new(m.restart_required.clone()),
+            ],
+        )?;
+        Ok(m)
+    }
+
+    /// Records an applied config: its version and the time.
+    pub(crate) fn applied(&self, trigger: &str, version: u64) {
+        self.reloads.with_label_values(&[trigger, "ok"]).inc();
+        self.version.set(i64::try_from(version).unwrap_or(i64::MAX));
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.last_success.set(now);
+    }
+}
+
+impl DecisionMetrics {
+    fn new(
+        registry: &Registry,
+        plugins: &[(&'static str, DecisionMetric)],
+    ) -> prometheus::Result<Self> {
+        let shared = counter_vec(
+            "gatehouse_plugin_decisions_total",
+            "Decisions of plugins without a metric of their own, by plugin, route and result.",
+            &["plugin", "route", "result"],
+        )?;
+        registry.register(Box::new(shared.clone()))?;
+        let mut own = HashMap::new();
+        for (kind, m) in plugins {
+            let v = counter_vec(m.name, m.help, &["route", "result"])?;
+            registry.register(Box::new(v.clone()))?;
+            own.insert(*kind, v);
+        }
+        Ok(DecisionMetrics { own, shared })
+    }
+
+    /// The counter a decision of plugin `kind` on `route` goes to.
+    fn counter(&self, kind: &str, route: &str, result: &str) -> IntCounter {
+        match self.own.get(kind) {
+            Some(v) => v.with_label_values(&[route, result]),
+            None => self.shared.with_label_values(&[kind, route, result]),
+        }
+    }
+
+    fn remove(&self, kind: &str, route: &str, result: &str) {
+        let _ = match self.own.get(kind) {
+            Some(v) => v.remove_label_values(&[route, result]),
+            None => self.shared.remove_label_values(&[kind, route, result]),
+        };
+    }
 }
 
 impl Metrics {
-    /// Creates and registers every metric (and the process collector) with the default
-    /// latency buckets.
+    /// Every metric with the default latency buckets and no plugin metrics of their own (for
+    /// tools and tests; the gateway uses [`Metrics::for_gateway`]).
     pub fn new() -> Result<Self, prometheus::Error> {
-        Self::with_buckets(DURATION_BUCKETS.to_vec())
+        Self::for_gateway(DURATION_BUCKETS, &[])
     }
 
-    /// Like [`Metrics::new`] with the given latency buckets (seconds).
-    pub fn with_buckets(buckets: Vec<f64>) -> Result<Self, prometheus::Error> {
+    /// Creates and registers every metric (and the process collector): latency histograms
+    /// with `buckets` (seconds), and the decision counters the registered plugins declare.
+    pub fn for_gateway(
+        buckets: &[f64],
+        plugins: &[(&'static str, DecisionMetric)],
+    ) -> Result<Self, prometheus::Error> {
         let registry = Registry::new();
-        let sizes = prometheus::exponential_buckets(64.0, 4.0, 11)?;
-        let http_request_size = HistogramVec::new(
-            HistogramOpts::new(
-                "gatehouse_http_request_size_bytes",
-                "Request body size, by route.",
-            )
-            .buckets(sizes.clone()),
-            &["route"],
-        )?;
-        let http_response_size = HistogramVec::new(
-            HistogramOpts::new(
-                "gatehouse_http_response_size_bytes",
-                "Response body size sent to the client, by route.",
-            )
-            .buckets(sizes),
-            &["route"],
-        )?;
-        let upstream_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gatehouse_upstream_request_duration_seconds",
-                "Time from choosing a backend to its response header, per attempt, by upstream.",
-            )
-            .buckets(buckets.clone()),
-            &["upstream"],
-        )?;
-        let upstream_errors = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_upstream_errors_total",
-                "Failed upstream attempts by upstream and kind (connect, timeout, reset, 5xx).",
-            ),
-            &["upstream", "kind"],
-        )?;
-        let connections_active = IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_connections_active",
-                "Client connections open now, by listener.",
-            ),
-            &["listener"],
-        )?;
-        let connections_accepted = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_connections_accepted_total",
-                "Client connections accepted, by listener.",
-            ),
-            &["listener"],
-        )?;
-        for r in [&http_request_size, &http_response_size, &upstream_duration] {
-            registry.register(Box::new(r.clone()))?;
-        }
-        registry.register(Box::new(upstream_errors.clone()))?;
-        registry.register(Box::new(connections_active.clone()))?;
-        registry.register(Box::new(connections_accepted.clone()))?;
-        let http_requests = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_http_requests_total",
-                "HTTP requests answered, by route, method and status class.",
-            ),
-            &["route", "method", "status_class"],
-        )?;
-        let http_duration = HistogramVec::new(
-            HistogramOpts::new(
-                "gatehouse_http_request_duration_seconds",
-                "Time from the request head to the end of the response, by route.",
-            )
-            .buckets(buckets),
-            &["route"],
-        )?;
-        let backend_healthy = IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_upstream_backend_healthy",
-                "1 when the backend gets traffic, 0 when its health checks fail.",
-            ),
-            &["upstream", "backend"],
-        )?;
-        let config_reloads = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_config_reloads_total",
-                "Config loads, by trigger and result.",
-            ),
-            &["trigger", "result"],
-        )?;
-        let config_version = IntGauge::new(
-            "gatehouse_config_version",
-            "Version of the active config (1 at startup, +1 per applied reload).",
+        let cache_size = IntGauge::new(
+            "gatehouse_cache_size_bytes",
+            "Bytes held by the response cache (bodies and headers).",
         )?;
         let access_log_dropped = IntCounter::new(
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         )?;
-        let jwt_validations = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_jwt_validations_total",
-                "JWT checks by route and result (ok, missing, expired, invalid_signature, ...).",
-            ),
-            &["route", "result"],
-        )?;
-        let ratelimit_decisions = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_ratelimit_decisions_total",
-                "Rate limit decisions by route and result (allowed, limited, missing_key).",
-            ),
-            &["route", "result"],
-        )?;
-        let cache_requests = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_cache_requests_total",
-                "Requests on caching routes by route and result (hit, miss, stale, expired, bypass, revalidated).",
-            ),
-            &["route", "result"],
-        )?;
-        let cache_size = IntGauge::new(
-            "gatehouse_cache_size_bytes",
-            "Bytes held by the response cache (bodies and headers).",
-        )?;
-        let config_last_success = prometheus::Gauge::new(
-            "gatehouse_config_last_reload_success_timestamp_seconds",
-            "Unix time of the last config load that was applied.",
-        )?;
-        let config_restart_required = IntCounter::new(
-            "gatehouse_config_restart_required_total",
-            "Applied reloads that also changed settings only a restart applies (listeners, threads, ...).",
-        )?;
-        let breaker_state = IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_circuit_breaker_state",
-                "Circuit breaker state per backend: 0 closed, 1 half-open, 2 open.",
-            ),
-            &["upstream", "backend"],
-        )?;
-        let breaker_transitions = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_circuit_breaker_transitions_total",
-                "Circuit breaker state changes per backend, by the state entered.",
-            ),
-            &["upstream", "backend", "to"],
-        )?;
-        let upstream_retries = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_upstream_retries_total",
-                "Upstream attempts retried on another backend, by reason.",
-            ),
-            &["upstream", "reason"],
-        )?;
-        let plugin_decisions = IntCounterVec::new(
-            Opts::new(
-                "gatehouse_plugin_decisions_total",
-                "Decisions of plugins without a metric of their own, by plugin, route and result.",
-            ),
-            &["plugin", "route", "result"],
-        )?;
-        let build_info = IntGaugeVec::new(
-            Opts::new(
-                "gatehouse_build_info",
-                "Always 1; the version label tells the build.",
-            ),
+        let build_info = gauge_vec(
+            "gatehouse_build_info",
+            "Always 1; the version label tells the build.",
             &["version"],
         )?;
         build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
-        registry.register(Box::new(http_requests.clone()))?;
-        registry.register(Box::new(http_duration.clone()))?;
-        registry.register(Box::new(backend_healthy.clone()))?;
-        registry.register(Box::new(config_reloads.clone()))?;
-        registry.register(Box::new(config_version.clone()))?;
-        registry.register(Box::new(access_log_dropped.clone()))?;
-        registry.register(Box::new(jwt_validations.clone()))?;
-        registry.register(Box::new(ratelimit_decisions.clone()))?;
-        registry.register(Box::new(plugin_decisions.clone()))?;
-        registry.register(Box::new(cache_requests.clone()))?;
-        registry.register(Box::new(cache_size.clone()))?;
-        registry.register(Box::new(config_last_success.clone()))?;
-        registry.register(Box::new(config_restart_required.clone()))?;
-        registry.register(Box::new(breaker_state.clone()))?;
-        registry.register(Box::new(breaker_transitions.clone()))?;
-        registry.register(Box::new(upstream_retries.clone()))?;
-        registry.register(Box::new(build_info))?;
+        register(
+            &registry,
+            vec![
+                Box::new(cache_size.clone()),
+                Box::new(access_log_dropped.clone()),
+                Box::new(build_info),
+            ],
+        )?;
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
         Ok(Metrics {
+            http: HttpMetrics::new(buckets, &registry)?,
+            upstream: UpstreamMetrics::new(buckets, &registry)?,
+            connections: ConnectionMetrics::new(&registry)?,
+            config: ConfigMetrics::new(&registry)?,
+            decisions: DecisionMetrics::new(&registry, plugins)?,
             registry,
-            http_requests,
-            http_duration,
-            http_request_size,
-            http_response_size,
-            upstream_duration,
-            upstream_errors,
-            connections_active,
-            connections_accepted,
-            backend_healthy,
-            config_reloads,
-            config_version,
-            access_log_dropped,
-            jwt_validations,
-            ratelimit_decisions,
-            plugin_decisions,
-            cache_requests,
             cache_size,
-            config_last_success,
-            config_restart_required,
-            breaker_state,
-            breaker_transitions,
-            upstream_retries,
+            access_log_dropped,
         })
     }
 
@@ -274,57 +381,77 @@ impl Metrics {
     }
 
     /// Sets `gatehouse_upstream_backend_healthy{upstream,backend}`.
-    pub fn set_backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
-        self.backend_healthy
+    pub(crate) fn set_backend_health(&self, upstream: &str, backend: &str, healthy: bool) {
+        self.upstream
+            .backend_healthy
             .with_label_values(&[upstream, backend])
             .set(i64::from(healthy));
     }
 
-    /// The counter a plugin decision goes to.
-    pub fn plugin_outcome_counter(&self, plugin: &str, route: &str, result: &str) -> IntCounter {
-        match plugin {
-            "jwt" => self.jwt_validations.with_label_values(&[route, result]),
-            "rate_limit" => self.ratelimit_decisions.with_label_values(&[route, result]),
-            "cache" => self.cache_requests.with_label_values(&[route, result]),
-            _ => self
-                .plugin_decisions
-                .with_label_values(&[plugin, route, result]),
-        }
+    /// Sets `gatehouse_circuit_breaker_state{upstream,backend}` (0 closed, 1 half-open, 2 open).
+    pub(crate) fn set_breaker_state(&self, upstream: &str, backend: &str, state: i64) {
+        self.upstream
+            .breaker_state
+            .with_label_values(&[upstream, backend])
+            .set(state);
     }
 
-    fn remove_plugin_outcome(&self, plugin: &str, route: &str, result: &str) {
-        let _ = match plugin {
-            "jwt" => self.jwt_validations.remove_label_values(&[route, result]),
-            "rate_limit" => self
-                .ratelimit_decisions
-                .remove_label_values(&[route, result]),
-            "cache" => self.cache_requests.remove_label_values(&[route, result]),
-            _ => self
-                .plugin_decisions
-                .remove_label_values(&[plugin, route, result]),
-        };
-    }
-
-    /// Records a circuit breaker transition.
-    pub fn breaker_transition(
+    /// Records a circuit breaker transition into `state` (named `label`).
+    pub(crate) fn breaker_transition(
         &self,
         upstream: &str,
         backend: &str,
-        to: crate::upstream::breaker::State,
+        state: i64,
+        label: &str,
     ) {
-        self.breaker_state
-            .with_label_values(&[upstream, backend])
-            .set(to as i64);
-        self.breaker_transitions
-            .with_label_values(&[upstream, backend, to.as_str()])
+        self.set_breaker_state(upstream, backend, state);
+        self.upstream
+            .breaker_transitions
+            .with_label_values(&[upstream, backend, label])
             .inc();
     }
 
-    /// Removes the series of a backend that left the config.
-    pub fn remove_backend(&self, upstream: &str, backend: &str) {
+    /// Removes the breaker series of a backend (its breaker, or the backend, left the config).
+    pub(crate) fn remove_breaker(&self, upstream: &str, backend: &str) {
         let _ = self
+            .upstream
+            .breaker_state
+            .remove_label_values(&[upstream, backend]);
+        for to in BREAKER_STATES {
+            let _ = self
+                .upstream
+                .breaker_transitions
+                .remove_label_values(&[upstream, backend, to]);
+        }
+    }
+
+    /// Removes every series of a backend that left the config.
+    pub(crate) fn remove_backend(&self, upstream: &str, backend: &str) {
+        let _ = self
+            .upstream
             .backend_healthy
             .remove_label_values(&[upstream, backend]);
+        self.remove_breaker(upstream, backend);
+    }
+
+    /// Creates the series of an upstream group where a zero means something (its error
+    /// counters), so rates and alerts see the group before its first failure.
+    pub(crate) fn add_upstream(&self, upstream: &str) {
+        for kind in UPSTREAM_ERROR_KINDS {
+            self.upstream.errors.with_label_values(&[upstream, kind]);
+        }
+    }
+
+    /// Removes the series of an upstream group that left the config (not its backends').
+    pub(crate) fn remove_upstream(&self, upstream: &str) {
+        let u = &self.upstream;
+        let _ = u.duration.remove_label_values(&[upstream]);
+        for kind in UPSTREAM_ERROR_KINDS {
+            let _ = u.errors.remove_label_values(&[upstream, kind]);
+        }
+        for reason in RETRY_REASONS {
+            let _ = u.retries.remove_label_values(&[upstream, reason]);
+        }
     }
 }
 
@@ -359,17 +486,26 @@ fn class_index(status: u16) -> usize {
     }
 }
 
-/// A route's resolved series; request counters are created on first use so unused
-/// method/class combinations never appear.
+/// A route's series, resolved on first use (so compiling a route creates none, and unused
+/// method/status-class combinations never appear).
 pub struct RouteMetrics {
     route: Arc<str>,
     requests_vec: IntCounterVec,
     requests: [[OnceLock<IntCounter>; 6]; 10],
-    duration: Histogram,
-    request_size: Histogram,
-    response_size: Histogram,
+    duration_vec: HistogramVec,
+    duration: OnceLock<Histogram>,
+    request_size_vec: HistogramVec,
+    request_size: OnceLock<Histogram>,
+    response_size_vec: HistogramVec,
+    response_size: OnceLock<Histogram>,
     /// plugin decision counters of this route, resolved on first use
     outcomes: std::sync::RwLock<Vec<(&'static str, &'static str, IntCounter)>>,
+}
+
+/// The series of `vec` for `route`, made on first use.
+#[inline]
+fn lazy<'a>(cell: &'a OnceLock<Histogram>, vec: &HistogramVec, route: &str) -> &'a Histogram {
+    cell.get_or_init(|| vec.with_label_values(&[route]))
 }
 
 impl RouteMetrics {
@@ -377,11 +513,14 @@ impl RouteMetrics {
     pub fn new(metrics: &Metrics, route: &str) -> Self {
         RouteMetrics {
             route: route.into(),
-            requests_vec: metrics.http_requests.clone(),
+            requests_vec: metrics.http.requests.clone(),
             requests: Default::default(),
-            duration: metrics.http_duration.with_label_values(&[route]),
-            request_size: metrics.http_request_size.with_label_values(&[route]),
-            response_size: metrics.http_response_size.with_label_values(&[route]),
+            duration_vec: metrics.http.duration.clone(),
+            duration: OnceLock::new(),
+            request_size_vec: metrics.http.request_size.clone(),
+            request_size: OnceLock::new(),
+            response_size_vec: metrics.http.response_size.clone(),
+            response_size: OnceLock::new(),
             outcomes: std::sync::RwLock::new(Vec::new()),
         }
     }
@@ -395,7 +534,7 @@ impl RouteMetrics {
                 return;
             }
         }
-        let c = metrics.plugin_outcome_counter(plugin, &self.route, result);
+        let c = metrics.decisions.counter(plugin, &self.route, result);
         c.inc();
         if let Ok(mut list) = self.outcomes.write() {
             if !list.iter().any(|(p, r, _)| *p == plugin && *r == result) {
@@ -407,8 +546,8 @@ impl RouteMetrics {
     /// Counts request and response body sizes.
     #[inline]
     pub fn observe_sizes(&self, request: u64, response: u64) {
-        self.request_size.observe(request as f64);
-        self.response_size.observe(response as f64);
+        lazy(&self.request_size, &self.request_size_vec, &self.route).observe(request as f64);
+        lazy(&self.response_size, &self.response_size_vec, &self.route).observe(response as f64);
     }
 
     /// Removes this route's series (the route left the config).
@@ -426,16 +565,16 @@ impl RouteMetrics {
         }
         if let Ok(list) = self.outcomes.read() {
             for (p, r, _) in list.iter() {
-                metrics.remove_plugin_outcome(p, &self.route, r);
+                metrics.decisions.remove(p, &self.route, r);
             }
         }
-        let _ = metrics.http_duration.remove_label_values(&[&*self.route]);
-        let _ = metrics
-            .http_request_size
-            .remove_label_values(&[&*self.route]);
-        let _ = metrics
-            .http_response_size
-            .remove_label_values(&[&*self.route]);
+        for v in [
+            &self.duration_vec,
+            &self.request_size_vec,
+            &self.response_size_vec,
+        ] {
+            let _ = v.remove_label_values(&[&*self.route]);
+        }
     }
 
     /// Counts one finished request.
@@ -448,6 +587,6 @@ impl RouteMetrics {
                     .with_label_values(&[&*self.route, METHODS[mi], CLASSES[ci]])
             })
             .inc();
-        self.duration.observe(seconds);
+        lazy(&self.duration, &self.duration_vec, &self.route).observe(seconds);
     }
 }

@@ -9,10 +9,10 @@
 //! stealing, latency buckets, cache lock timeout: see `restart_required`) cannot change live:
 //! such a change is logged as "restart required" and counted, and the rest is applied.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use async_trait::async_trait;
 use gatehouse_plugins::Registry;
@@ -20,9 +20,8 @@ use log::{error, info, warn};
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 
-use crate::app;
 use crate::config::raw::RawServer;
-use crate::config::ConfigErrors;
+use crate::config::{self, ConfigErrors};
 use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
 use crate::state::{SharedState, Snapshot};
@@ -124,9 +123,10 @@ impl Reloader {
             Arc::clone(&prev),
         );
         // file IO, DNS and JWKS fetches: off the async workers
-        let compiled =
-            tokio::task::spawn_blocking(move || app::load(&path, &registry, &metrics, Some(&base)))
-                .await;
+        let compiled = tokio::task::spawn_blocking(move || {
+            config::load(&path, &registry, &metrics, Some(&base))
+        })
+        .await;
         let snap = match compiled {
             Ok(Ok(s)) => s,
             Ok(Err(e)) => return self.failed(trigger, e),
@@ -143,7 +143,8 @@ impl Reloader {
         };
         if snap.source_hash == prev.source_hash {
             self.metrics
-                .config_reloads
+                .config
+                .reloads
                 .with_label_values(&[trigger, "unchanged"])
                 .inc();
             return ReloadOutcome::Unchanged {
@@ -165,51 +166,11 @@ impl Reloader {
                 self.path.display(),
                 restart.join(", ")
             );
-            self.metrics.config_restart_required.inc();
-        }
-        self.cache
-            .set_max_size(usize::try_from(snap.raw.server.cache.max_size.0).unwrap_or(usize::MAX));
-        // series of backends that left the config go with them
-        let keep: HashSet<(String, String)> = snap
-            .upstreams
-            .values()
-            .flat_map(|g| {
-                g.backends
-                    .iter()
-                    .map(move |b| (g.name.to_string(), b.label.to_string()))
-            })
-            .collect();
-        for g in prev.upstreams.values() {
-            for b in &g.backends {
-                if !keep.contains(&(g.name.to_string(), b.label.to_string())) {
-                    self.metrics.remove_backend(&g.name, &b.label);
-                }
-            }
-        }
-        for g in snap.upstreams.values() {
-            for b in &g.backends {
-                self.metrics
-                    .set_backend_health(&g.name, &b.label, b.is_healthy());
-            }
-        }
-        // series of routes that left the config go with them
-        let ids: HashSet<&str> = snap.routes.iter().map(|r| &*r.id).collect();
-        for r in prev.routes.iter().filter(|r| !ids.contains(&*r.id)) {
-            r.metrics.remove(&self.metrics);
+            self.metrics.config.restart_required.inc();
         }
         let version = snap.version;
-        self.state.publish(snap);
-        self.metrics
-            .config_reloads
-            .with_label_values(&[trigger, "ok"])
-            .inc();
-        self.metrics
-            .config_version
-            .set(i64::try_from(version).unwrap_or(i64::MAX));
-        let now = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0.0, |d| d.as_secs_f64());
-        self.metrics.config_last_success.set(now);
+        publish(&self.state, &self.metrics, &self.cache, snap);
+        self.metrics.config.applied(trigger, version);
         info!(
             "config {} reloaded ({trigger}): version {version}",
             self.path.display()
@@ -226,10 +187,60 @@ impl Reloader {
             self.state.snapshot().version
         );
         self.metrics
-            .config_reloads
+            .config
+            .reloads
             .with_label_values(&[trigger, "error"])
             .inc();
         ReloadOutcome::Failed(e)
+    }
+}
+
+/// Makes `next` the serving snapshot. What must outlive a compile is installed here, never
+/// while compiling: the cache's size bound, and the metric series of what `next` serves
+/// (backend health and breaker state from the start, upstream error counters) while the
+/// series of backends, breakers, upstreams and routes that left go with them. Then one
+/// atomic swap.
+pub(crate) fn publish(
+    state: &SharedState,
+    metrics: &Metrics,
+    cache: &CacheRuntime,
+    next: Snapshot,
+) {
+    let prev = state.snapshot();
+    cache.set_max_size(usize::try_from(next.raw.server.cache.max_size.0).unwrap_or(usize::MAX));
+    sync_series(metrics, Some(&prev), &next);
+    state.publish(next);
+}
+
+/// Brings the labelled series in line with `next` (and away from what of `prev` left).
+pub(crate) fn sync_series(metrics: &Metrics, prev: Option<&Snapshot>, next: &Snapshot) {
+    // (upstream, backend) -> whether it has a breaker in `next`
+    let mut now: HashMap<(&str, &str), bool> = HashMap::new();
+    for g in next.upstreams.values() {
+        metrics.add_upstream(&g.name);
+        for b in &g.backends {
+            metrics.set_backend_health(&g.name, &b.label, b.is_healthy());
+            match &b.breaker {
+                Some(br) => metrics.set_breaker_state(&g.name, &b.label, br.state() as i64),
+                None => metrics.remove_breaker(&g.name, &b.label),
+            }
+            now.insert((&g.name, &b.label), b.breaker.is_some());
+        }
+    }
+    let Some(prev) = prev else { return };
+    for g in prev.upstreams.values() {
+        if !next.upstreams.contains_key(&*g.name) {
+            metrics.remove_upstream(&g.name);
+        }
+        for b in &g.backends {
+            if !now.contains_key(&(&*g.name, &*b.label)) {
+                metrics.remove_backend(&g.name, &b.label);
+            }
+        }
+    }
+    let ids: HashSet<&str> = next.routes.iter().map(|r| &*r.id).collect();
+    for r in prev.routes.iter().filter(|r| !ids.contains(&*r.id)) {
+        r.metrics.remove(metrics);
     }
 }
 

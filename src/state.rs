@@ -16,6 +16,11 @@ use crate::metrics::RouteMetrics;
 use crate::router::Router;
 use crate::upstream::UpstreamGroup;
 
+/// Identifies a plugin entry across reloads: its chain (`plugins` or `routes:<id>`), kind,
+/// exact config (as YAML text) and which occurrence of that same entry in the chain it is. An
+/// entry whose key existed in the previous snapshot keeps its instance, and so its state.
+pub type PluginKey = (String, String, String, usize);
+
 /// Which Host header goes upstream.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum UpstreamHost {
@@ -79,8 +84,8 @@ pub struct Snapshot {
     pub routes: Vec<Arc<Route>>,
     pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
     pub server: ServerSettings,
-    /// Every plugin instance by its reuse key (see `config::compile::PluginKey`).
-    pub plugins: HashMap<crate::config::compile::PluginKey, Arc<dyn Plugin>>,
+    /// Every plugin instance by its reuse key.
+    pub plugins: HashMap<PluginKey, Arc<dyn Plugin>>,
     /// SHA-256 of the config file's text, hex.
     pub source_hash: String,
     /// The config as loaded (variables substituted), for `GET /config` (redacted there).

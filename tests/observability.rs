@@ -367,3 +367,79 @@ async fn trace_context_and_access_log_fields() {
     let second: serde_json::Value = serde_json::from_str(log.lines().nth(1).unwrap()).unwrap();
     assert_eq!(second["trace_id"].as_str().unwrap(), &tp2[3..35]);
 }
+
+/// Every backend with a breaker exports its state from the start (0 = closed), upstream error
+/// counters exist before the first error, and a reload takes away the series of the
+/// backends, breakers, upstreams and routes that left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn series_exist_from_the_start_and_leave_with_what_they_describe() {
+    let a = TestUpstream::start("a").await;
+    let b = TestUpstream::start("b").await;
+    let c = TestUpstream::start("c").await;
+    let with_all = |p: &Ports| {
+        simple_config(
+            p,
+            &format!(
+                "  up:\n    backends: [\"{}\", \"{}\"]\n    circuit_breaker: {{ consecutive_failures: 3 }}\n  other:\n    backends: [\"{}\"]\n",
+                a.addr, b.addr, c.addr
+            ),
+            "  - { id: o, match: { path_prefix: /o }, upstream: other }\n  - { id: all, upstream: up }\n",
+        )
+    };
+    let gw = TestGateway::start(with_all).await;
+    let m = gw.metrics().await;
+    for backend in [&a, &b] {
+        let series = format!(
+            "gatehouse_circuit_breaker_state{{backend=\"{}\",upstream=\"up\"}} 0",
+            backend.addr
+        );
+        assert!(m.contains(&series), "missing {series}\n{m}");
+    }
+    assert!(
+        !m.contains(&format!(
+            "gatehouse_circuit_breaker_state{{backend=\"{}\"",
+            c.addr
+        )),
+        "no breaker configured for `other`"
+    );
+    for kind in ["connect", "timeout", "reset", "5xx"] {
+        let series =
+            format!("gatehouse_upstream_errors_total{{kind=\"{kind}\",upstream=\"up\"}} 0");
+        assert!(m.contains(&series), "missing {series}\n{m}");
+    }
+    assert!(m.contains("gatehouse_config_reloads_total{result=\"error\",trigger=\"file\"} 0"));
+    assert_eq!(gw.get("/o").await.status(), 200);
+    assert_eq!(gw.get("/x").await.status(), 200);
+    assert!(gw.metrics().await.contains("route=\"o\""));
+
+    // `b` and `other` (with its route) leave; `up` drops its breaker
+    let next = simple_config(
+        &gw.ports,
+        &format!("  up:\n    backends: [\"{}\"]\n", a.addr),
+        "  - { id: all, upstream: up }\n",
+    );
+    gw.write_config(&next);
+    assert!(
+        eventually(Duration::from_secs(5), || async {
+            gw.metric("gatehouse_config_version").await == 2.0
+        })
+        .await,
+        "reload not applied: {}",
+        gw.stderr()
+    );
+    let m = gw.metrics().await;
+    assert!(
+        m.contains(&format!(
+            "gatehouse_upstream_backend_healthy{{backend=\"{}\",upstream=\"up\"}} 1",
+            a.addr
+        )),
+        "{m}"
+    );
+    assert!(
+        !m.contains("gatehouse_circuit_breaker_state{"),
+        "breaker removed: {m}"
+    );
+    assert!(!m.contains(&format!("backend=\"{}\"", b.addr)), "{m}");
+    assert!(!m.contains("upstream=\"other\""), "{m}");
+    assert!(!m.contains("route=\"o\""), "{m}");
+}

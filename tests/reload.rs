@@ -439,3 +439,83 @@ async fn binary_upgrade_under_load() {
         "the new process serves"
     );
 }
+
+/// A reload that is rejected changes nothing that serves: the running breaker keeps its
+/// threshold and its count, a rate limit keeps its window, and no metric series of the
+/// rejected file's new routes or upstreams appears.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rejected_reload_changes_nothing_that_runs() {
+    let bad = TestUpstream::start("bad").await;
+    bad.set_status(503);
+    let good = TestUpstream::start("good").await;
+    let cfg = |p: &Ports, threshold: u32, limit: u32, extra: &str| {
+        format!(
+            "{}upstreams:\n  up:\n    backends: [\"{}\"]\n    circuit_breaker: {{ consecutive_failures: {threshold}, open_for: 60s }}\n    retry: {{ attempts: 0 }}\n  good:\n    backends: [\"{}\"]\n{extra}routes:\n  - id: limited\n    match: {{ path_prefix: /limited }}\n    upstream: good\n    plugins: [ {{ rate_limit: {{ key: global, requests: {limit}, per: 1h }} }} ]\n  - {{ id: all, upstream: up }}\n",
+            base(p),
+            bad.addr,
+            good.addr
+        )
+    };
+    let gw = TestGateway::start(|p| cfg(p, 5, 3, "")).await;
+    for _ in 0..2 {
+        assert_eq!(gw.get("/limited").await.status(), 200);
+        assert_eq!(gw.get("/x").await.status(), 503);
+    }
+    assert_eq!(bad.hits(), 2);
+
+    // threshold 1 and a limit of 100, plus a new upstream and route, and one broken route
+    let extra = format!("  fresh:\n    backends: [\"{}\"]\n", good.addr);
+    let rejected = cfg(&gw.ports, 1, 100, &extra).replace(
+        "routes:\n",
+        "routes:\n  - { id: ghost, match: { path_prefix: /ghost }, upstream: fresh }\n  - { id: broken, match: { path_prefix: /b }, upstream: nope }\n",
+    );
+    gw.write_config(&rejected);
+    let r = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .bearer_auth("adm1n-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["errors"][0]
+            .as_str()
+            .unwrap()
+            .starts_with("routes[1].upstream: unknown upstream `nope`"),
+        "{body}"
+    );
+
+    // the old breaker (threshold 5, two failures so far) is still the one that counts
+    for _ in 0..3 {
+        let r = gw.get("/x").await;
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.text().await.unwrap(), "bad", "answered by the backend");
+    }
+    assert_eq!(
+        bad.hits(),
+        5,
+        "the breaker stayed closed below the old threshold"
+    );
+    let r = gw.get("/x").await;
+    assert_eq!(r.status(), 503);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "no healthy backend", "open after 5 failures");
+    assert_eq!(bad.hits(), 5);
+
+    // the old rate limit (3 per hour, two used) is still the one that counts
+    assert_eq!(gw.get("/limited").await.status(), 200);
+    assert_eq!(gw.get("/limited").await.status(), 429);
+
+    let m = gw.metrics().await;
+    assert!(!m.contains("route=\"ghost\""), "{m}");
+    assert!(!m.contains("upstream=\"fresh\""), "{m}");
+    assert!(!m.contains("route=\"broken\""), "{m}");
+    assert_eq!(
+        gw.metric("gatehouse_config_reloads_total{result=\"error\",trigger=\"admin\"}")
+            .await,
+        1.0
+    );
+    assert_eq!(gw.metric("gatehouse_config_version").await, 1.0);
+}

@@ -13,7 +13,7 @@ use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::api::{
-    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Reply, Result, Session,
+    BuildEnv, BuildError, BuildResult, Flow, Plugin, PluginCtx, PluginSpec, Reply, Result, Session,
 };
 
 /// The plugin's YAML config.
@@ -76,7 +76,7 @@ impl PluginSpec for Access {
     const KIND: &'static str = "access";
     type Config = AccessConfig;
 
-    fn build(c: AccessConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+    fn build(c: AccessConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
         if c.allow.is_empty() && c.deny.is_empty() {
             return Err(BuildError::new("needs `allow` or `deny`"));
         }
@@ -93,12 +93,8 @@ mod tests {
 
     #[test]
     fn deny_wins() {
-        let a = Access::build(
-            serde_yaml::from_str(
-                "{ allow: [\"10.0.0.0/8\", \"2001:db8::/32\"], deny: [\"10.6.6.0/24\"] }",
-            )
-            .unwrap(),
-            &BuildEnv::default(),
+        let a: Access = crate::api::testing::build(
+            "{ allow: [\"10.0.0.0/8\", \"2001:db8::/32\"], deny: [\"10.6.6.0/24\"] }",
         )
         .unwrap();
         let ip = |s: &str| s.parse::<IpAddr>().unwrap();
@@ -108,12 +104,9 @@ mod tests {
         assert!(a.permits(ip("2001:db8::1")));
         assert!(a.permits(ip("::ffff:10.1.2.3")));
         assert!(!a.permits(ip("::ffff:10.6.6.6")));
-        let e = Access::build(
-            serde_yaml::from_str("{ deny: [\"nope\"] }").unwrap(),
-            &BuildEnv::default(),
-        )
-        .err()
-        .unwrap();
+        let e = crate::api::testing::build::<Access>("{ deny: [\"nope\"] }")
+            .err()
+            .unwrap();
         assert_eq!(e.path, "deny[0]");
     }
 }

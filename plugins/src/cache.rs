@@ -20,7 +20,10 @@ use http::{HeaderName, Method};
 use serde::Deserialize;
 
 use crate::api::units::{duration_at, parse_size};
-use crate::api::{BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Result, Session};
+use crate::api::{
+    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Result,
+    Session,
+};
 
 /// What the gateway's cache phases need to know about this route.
 #[derive(Debug, Clone)]
@@ -73,9 +76,14 @@ impl Plugin for Cache {
 
 impl PluginSpec for Cache {
     const KIND: &'static str = "cache";
+    /// The gateway reports each caching route's cache result under this plugin's kind.
+    const DECISION_METRIC: Option<DecisionMetric> = Some(DecisionMetric {
+        name: "gatehouse_cache_requests_total",
+        help: "Requests on caching routes by route and result (hit, miss, stale, expired, bypass, revalidated).",
+    });
     type Config = CacheConfig;
 
-    fn build(c: CacheConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+    fn build(c: CacheConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
         let dur = |v: &Option<String>, field: &str, default: Duration| match v {
             Some(s) => duration_at(s, field),
             None => Ok(default),

@@ -35,8 +35,8 @@ use http::{HeaderName, HeaderValue, Method};
 use serde::Deserialize;
 
 use crate::api::{
-    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader, Result,
-    Session,
+    BuildEnv, BuildError, BuildResult, Flow, Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader,
+    Result, Session,
 };
 
 /// The plugin's YAML config.
@@ -335,7 +335,7 @@ impl PluginSpec for Cors {
     const KIND: &'static str = "cors";
     type Config = CorsConfig;
 
-    fn build(c: CorsConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+    fn build(c: CorsConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
         if c.allow_origins.is_empty() {
             return Err(BuildError::at(
                 "allow_origins",
@@ -405,10 +405,8 @@ mod tests {
     use crate::api::testing::{session_from_bytes, test_info};
     use crate::api::ReplyBody;
 
-    fn build(yaml: &str) -> std::result::Result<Cors, BuildError> {
-        let c: CorsConfig =
-            serde_yaml::from_str(yaml).map_err(|e| BuildError::new(e.to_string()))?;
-        Cors::build(c, &BuildEnv::default())
+    fn build(yaml: &str) -> BuildResult<Cors> {
+        crate::api::testing::build(yaml)
     }
 
     const CFG: &str = r#"

@@ -16,8 +16,8 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::api::{
-    BuildEnv, BuildError, Plugin, PluginCtx, PluginSpec, RequestHeader, ResponseHeader, Result,
-    Session,
+    BuildEnv, BuildError, BuildResult, Plugin, PluginCtx, PluginSpec, RequestHeader,
+    ResponseHeader, Result, Session,
 };
 
 /// One side's raw rewrite rules.
@@ -140,7 +140,7 @@ impl PluginSpec for Headers {
     const KIND: &'static str = "headers";
     type Config = HeadersConfig;
 
-    fn build(config: HeadersConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+    fn build(config: HeadersConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
         let h = Headers {
             request: Rewrite::compile(config.request, "request")?,
             response: Rewrite::compile(config.response, "response")?,
@@ -156,12 +156,9 @@ impl PluginSpec for Headers {
 mod tests {
     use super::*;
     use crate::api::testing::{session_from_bytes, test_info};
-    use crate::api::Registry;
 
-    fn build(yaml: &str) -> std::result::Result<Headers, BuildError> {
-        let cfg: HeadersConfig =
-            serde_yaml::from_str(yaml).map_err(|e| BuildError::new(e.to_string()))?;
-        Headers::build(cfg, &BuildEnv::default())
+    fn build(yaml: &str) -> BuildResult<Headers> {
+        crate::api::testing::build(yaml)
     }
 
     #[tokio::test]
@@ -202,13 +199,16 @@ mod tests {
         assert_eq!(e.path, "request.set");
         let e = build("{}").unwrap_err();
         assert!(e.message.contains("no rewrite rules"));
-        let reg = Registry::with_builtins();
+        let reg = crate::builtins();
         let v: serde_yaml::Value = serde_yaml::from_str("{ request: { sett: {} } }").unwrap();
-        let e = reg.build("headers", v, &BuildEnv::default()).err().unwrap();
+        let e = reg
+            .build("headers", v, &mut BuildEnv::default())
+            .err()
+            .unwrap();
         assert_eq!(e.path, "request.sett");
         assert!(e.message.contains("unknown field `sett`"), "{e}");
         let e = reg
-            .build("nope", serde_yaml::Value::Null, &BuildEnv::default())
+            .build("nope", serde_yaml::Value::Null, &mut BuildEnv::default())
             .err()
             .unwrap();
         assert!(e.message.contains("unknown plugin kind `nope`"));

@@ -2,7 +2,7 @@
 //!
 //! A plugin is a value implementing [`api::Plugin`]; its hooks run inside the gateway's
 //! Pingora `ProxyHttp` phases, in the order the route's chain lists them (response hooks and
-//! logging in reverse). Built-ins are registered by [`api::Registry::with_builtins`]; a
+//! logging in reverse). Built-ins are registered by [`builtins`]; a
 //! third-party plugin implements [`api::PluginSpec`] and is registered explicitly.
 //! See `plugins/README.md` for the contract and a worked example.
 
@@ -15,6 +15,19 @@ pub mod jwt;
 pub mod rate_limit;
 
 pub use api::{
-    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Registry, Reply, ReplyBody,
-    RequestInfo,
+    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec,
+    Registry, Reply, ReplyBody, RequestInfo,
 };
+
+/// A registry with every built-in plugin; register your own plugins on it before passing it
+/// to `gatehouse::cli::main` (see `examples/custom_plugin.rs`).
+pub fn builtins() -> Registry {
+    let mut r = Registry::new();
+    r.register::<access::Access>()
+        .register::<cache::Cache>()
+        .register::<cors::Cors>()
+        .register::<headers::Headers>()
+        .register::<jwt::Jwt>()
+        .register::<rate_limit::RateLimit>();
+    r
+}

@@ -45,8 +45,8 @@ use pingora_limits::rate::Rate;
 use serde::Deserialize;
 
 use crate::api::{
-    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader, Result,
-    Session,
+    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
+    ResponseHeader, Result, Session,
 };
 use crate::jwt::VerifiedClaims;
 
@@ -237,9 +237,13 @@ impl Plugin for RateLimit {
 
 impl PluginSpec for RateLimit {
     const KIND: &'static str = "rate_limit";
+    const DECISION_METRIC: Option<DecisionMetric> = Some(DecisionMetric {
+        name: "gatehouse_ratelimit_decisions_total",
+        help: "Rate limit decisions by route and result (allowed, limited, missing_key).",
+    });
     type Config = RateLimitConfig;
 
-    fn build(c: RateLimitConfig, _env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+    fn build(c: RateLimitConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
         let kind = match c.key.split_once(':') {
             None if c.key == "client_ip" => KeyKind::ClientIp,
             None if c.key == "global" => KeyKind::Global,
@@ -311,10 +315,8 @@ mod tests {
     use super::*;
     use crate::api::testing::{session_from_bytes, test_info};
 
-    fn build(yaml: &str) -> std::result::Result<RateLimit, BuildError> {
-        let c: RateLimitConfig =
-            serde_yaml::from_str(yaml).map_err(|e| BuildError::new(e.to_string()))?;
-        RateLimit::build(c, &BuildEnv::default())
+    fn build(yaml: &str) -> BuildResult<RateLimit> {
+        crate::api::testing::build(yaml)
     }
 
     async fn run(p: &RateLimit, ip: &str, headers: &str) -> (u16, Vec<(String, String)>) {

@@ -7,11 +7,16 @@ pub mod error;
 pub mod raw;
 pub mod units;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use gatehouse_plugins::Registry;
 
 pub use compile::{compile, CompileEnv};
 pub use error::{ConfigError, ConfigErrors};
 use raw::RawConfig;
+
+use crate::metrics::Metrics;
+use crate::state::Snapshot;
 
 /// A config file as loaded: typed, the substituted YAML tree (for `GET /config`), and the
 /// SHA-256 of its text.
@@ -19,6 +24,48 @@ pub struct Loaded {
     pub raw: RawConfig,
     pub tree: serde_yaml::Value,
     pub hash: String,
+}
+
+/// The directory relative file names in a config resolve against.
+fn base_dir(path: &Path) -> PathBuf {
+    path.parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .map_or_else(|| PathBuf::from("."), Path::to_path_buf)
+}
+
+/// Compiles a loaded config file into a snapshot (version 1, or the one after `previous`,
+/// whose unchanged parts it reuses). What `gatehouse check` and every reload run.
+pub fn compile_loaded(
+    path: &Path,
+    loaded: Loaded,
+    registry: &Registry,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigErrors> {
+    let env = CompileEnv {
+        registry,
+        metrics,
+        base_dir: base_dir(path),
+        previous,
+        version: previous.map_or(1, |p| p.version + 1),
+    };
+    let mut snap = compile(loaded.raw, &env).map_err(|errors| ConfigErrors {
+        file: path.display().to_string(),
+        errors,
+    })?;
+    snap.source_hash = loaded.hash;
+    snap.source = loaded.tree;
+    Ok(snap)
+}
+
+/// Reads and compiles a config file ([`load_full`] then [`compile_loaded`]).
+pub fn load(
+    path: &Path,
+    registry: &Registry,
+    metrics: &Metrics,
+    previous: Option<&Snapshot>,
+) -> Result<Snapshot, ConfigErrors> {
+    compile_loaded(path, load_full(path)?, registry, metrics, previous)
 }
 
 /// Reads, substitutes and types a config file.

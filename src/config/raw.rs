@@ -5,7 +5,9 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Deserializer};
 
-use super::units::{Dur, Size};
+use std::num::{NonZeroU32, NonZeroUsize};
+
+use super::units::{Dur, NonZeroDur, NonZeroSize, Size};
 
 /// The whole file.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -32,7 +34,7 @@ pub struct RawServer {
     pub listen: Vec<String>,
     /// Worker threads; `None` = number of CPUs.
     #[serde(default)]
-    pub threads: Option<usize>,
+    pub threads: Option<NonZeroUsize>,
     #[serde(default = "default_grace")]
     pub grace_period: Dur,
     #[serde(default)]
@@ -80,17 +82,17 @@ fn default_read_buffer() -> Size {
 pub struct RawCache {
     /// Memory bound for all cached objects together (bodies and headers).
     #[serde(default = "default_cache_size")]
-    pub max_size: Size,
+    pub max_size: NonZeroSize,
     /// How long concurrent misses for one key wait for the request that fetches it.
     #[serde(default = "default_lock_timeout")]
-    pub lock_timeout: Dur,
+    pub lock_timeout: NonZeroDur,
 }
 
-fn default_cache_size() -> Size {
-    Size(256 << 20)
+fn default_cache_size() -> NonZeroSize {
+    NonZeroSize(256 << 20)
 }
-fn default_lock_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(3))
+fn default_lock_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(3))
 }
 
 impl Default for RawCache {
@@ -107,36 +109,36 @@ impl Default for RawCache {
 #[serde(deny_unknown_fields)]
 pub struct RawLimits {
     #[serde(default = "default_max_body")]
-    pub max_body_size: Size,
+    pub max_body_size: NonZeroSize,
     #[serde(default = "default_max_header")]
-    pub max_header_size: Size,
+    pub max_header_size: NonZeroSize,
     #[serde(default = "default_max_headers")]
     pub max_headers: usize,
     #[serde(default = "default_header_timeout")]
-    pub header_read_timeout: Dur,
+    pub header_read_timeout: NonZeroDur,
     #[serde(default = "default_body_timeout")]
-    pub body_read_timeout: Dur,
+    pub body_read_timeout: NonZeroDur,
     #[serde(default = "default_max_conns")]
-    pub max_connections: usize,
+    pub max_connections: NonZeroUsize,
 }
 
-fn default_max_body() -> Size {
-    Size(10 << 20)
+fn default_max_body() -> NonZeroSize {
+    NonZeroSize(10 << 20)
 }
-fn default_max_header() -> Size {
-    Size(32 << 10)
+fn default_max_header() -> NonZeroSize {
+    NonZeroSize(32 << 10)
 }
 fn default_max_headers() -> usize {
     100
 }
-fn default_header_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(10))
+fn default_header_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(10))
 }
-fn default_body_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(30))
+fn default_body_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(30))
 }
-fn default_max_conns() -> usize {
-    10_000
+fn default_max_conns() -> NonZeroUsize {
+    NonZeroUsize::new(10_000).unwrap_or(NonZeroUsize::MIN)
 }
 
 impl Default for RawLimits {
@@ -236,33 +238,36 @@ pub struct RawUpstream {
 #[serde(deny_unknown_fields)]
 pub struct RawBreaker {
     #[serde(default = "default_consecutive")]
-    pub consecutive_failures: u32,
+    pub consecutive_failures: NonZeroU32,
     #[serde(default = "default_ratio")]
     pub failure_ratio: f64,
     #[serde(default = "default_min_requests")]
-    pub min_requests: u32,
+    pub min_requests: NonZeroU32,
     #[serde(default = "default_window")]
     pub window: Dur,
     #[serde(default = "default_window")]
     pub open_for: Dur,
     #[serde(default = "default_half_open")]
-    pub half_open_requests: u32,
+    pub half_open_requests: NonZeroU32,
 }
 
-fn default_consecutive() -> u32 {
-    5
+fn nonzero(v: u32) -> NonZeroU32 {
+    NonZeroU32::new(v).unwrap_or(NonZeroU32::MIN)
+}
+fn default_consecutive() -> NonZeroU32 {
+    nonzero(5)
 }
 fn default_ratio() -> f64 {
     0.5
 }
-fn default_min_requests() -> u32 {
-    20
+fn default_min_requests() -> NonZeroU32 {
+    nonzero(20)
 }
 fn default_window() -> Dur {
     Dur(std::time::Duration::from_secs(10))
 }
-fn default_half_open() -> u32 {
-    1
+fn default_half_open() -> NonZeroU32 {
+    NonZeroU32::MIN
 }
 
 /// `retry:` when a failed attempt is tried again on another backend.
@@ -302,7 +307,7 @@ pub struct RawPool {
     pub max_idle: Option<usize>,
     /// How long an idle pooled connection is kept (overrides `timeouts.idle`).
     #[serde(default)]
-    pub idle_timeout: Option<Dur>,
+    pub idle_timeout: Option<NonZeroDur>,
 }
 
 /// Balancing algorithm.
@@ -362,23 +367,23 @@ pub struct RawHealthCheck {
     #[serde(default)]
     pub tcp: Option<RawTcpCheck>,
     #[serde(default = "default_interval")]
-    pub interval: Dur,
+    pub interval: NonZeroDur,
     #[serde(default = "default_check_timeout")]
-    pub timeout: Dur,
+    pub timeout: NonZeroDur,
     #[serde(default = "default_threshold")]
-    pub healthy_after: u32,
+    pub healthy_after: NonZeroU32,
     #[serde(default = "default_threshold")]
-    pub unhealthy_after: u32,
+    pub unhealthy_after: NonZeroU32,
 }
 
-fn default_interval() -> Dur {
-    Dur(std::time::Duration::from_secs(2))
+fn default_interval() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(2))
 }
-fn default_check_timeout() -> Dur {
-    Dur(std::time::Duration::from_secs(1))
+fn default_check_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(1))
 }
-fn default_threshold() -> u32 {
-    2
+fn default_threshold() -> NonZeroU32 {
+    nonzero(2)
 }
 
 /// `health_check.http:`.
@@ -411,23 +416,23 @@ pub struct RawTcpCheck {}
 #[serde(deny_unknown_fields)]
 pub struct RawTimeouts {
     #[serde(default = "default_connect")]
-    pub connect: Dur,
+    pub connect: NonZeroDur,
     #[serde(default = "default_rw")]
-    pub read: Dur,
+    pub read: NonZeroDur,
     #[serde(default = "default_rw")]
-    pub write: Dur,
+    pub write: NonZeroDur,
     #[serde(default = "default_idle")]
-    pub idle: Dur,
+    pub idle: NonZeroDur,
 }
 
-fn default_connect() -> Dur {
-    Dur(std::time::Duration::from_secs(1))
+fn default_connect() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(1))
 }
-fn default_rw() -> Dur {
-    Dur(std::time::Duration::from_secs(30))
+fn default_rw() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(30))
 }
-fn default_idle() -> Dur {
-    Dur(std::time::Duration::from_secs(60))
+fn default_idle() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(60))
 }
 
 impl Default for RawTimeouts {
@@ -456,10 +461,10 @@ pub struct RawRoute {
     pub upstream_host: String,
     /// Overrides `server.limits.max_body_size` for this route.
     #[serde(default)]
-    pub max_body_size: Option<Size>,
+    pub max_body_size: Option<NonZeroSize>,
     /// Total time for the request upstream, retries and backoff included.
     #[serde(default)]
-    pub timeout: Option<Dur>,
+    pub timeout: Option<NonZeroDur>,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
 }

@@ -20,8 +20,9 @@ use super::ctx::Ctx;
 use crate::metrics::Metrics;
 use crate::upstream::breaker::State;
 use crate::upstream::group::now_ms;
+use crate::upstream::group::Member;
 use crate::upstream::retry::Reason;
-use crate::upstream::{BackendState, HashKey};
+use crate::upstream::HashKey;
 
 fn idempotent(m: &Method) -> bool {
     matches!(
@@ -36,7 +37,7 @@ fn jitter() -> f64 {
     (h.finish() % 1000) as f64 / 1000.0
 }
 
-fn report(metrics: &Metrics, upstream: &str, b: &BackendState, st: State) {
+fn report(metrics: &Metrics, upstream: &str, b: &Member, st: State) {
     match st {
         State::Open => log::warn!(
             "upstream {upstream} backend {}: circuit breaker open",
@@ -48,7 +49,7 @@ fn report(metrics: &Metrics, upstream: &str, b: &BackendState, st: State) {
             st.as_str()
         ),
     }
-    metrics.breaker_transition(upstream, &b.label, st);
+    metrics.breaker_transition(upstream, &b.label, st as i64, st.as_str());
 }
 
 /// Chooses the backend for the next attempt (Pingora's `upstream_peer`).
@@ -127,7 +128,8 @@ pub async fn upstream_peer(
 fn upstream_error(metrics: &Metrics, ctx: &Ctx, kind: &str) {
     if let Some(route) = &ctx.route {
         metrics
-            .upstream_errors
+            .upstream
+            .errors
             .with_label_values(&[&route.upstream.name, kind])
             .inc();
     }
@@ -142,7 +144,7 @@ fn record(metrics: &Metrics, ctx: &mut Ctx, success: bool) {
     let (Some(route), Some(b)) = (&ctx.route, &ctx.backend) else {
         return;
     };
-    if let Some(br) = b.breaker.load().as_deref() {
+    if let Some(br) = &b.breaker {
         if let Some(st) = br.record(success, now_ms()) {
             report(metrics, &route.upstream.name, b, st);
         }
@@ -177,7 +179,8 @@ fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool 
         return false;
     }
     metrics
-        .upstream_retries
+        .upstream
+        .retries
         .with_label_values(&[&g.name, reason.label()])
         .inc();
     true
@@ -262,9 +265,10 @@ pub fn upstream_response(
     if let (Some(start), Some(route)) = (ctx.attempt_start, &ctx.route) {
         let d = start.elapsed();
         ctx.upstream_time += d;
-        if let Some(h) = &route.upstream.latency {
-            h.observe(d.as_secs_f64());
-        }
+        let g = &route.upstream;
+        g.latency
+            .get_or_init(|| metrics.upstream.duration.with_label_values(&[&g.name]))
+            .observe(d.as_secs_f64());
     }
     if status < 500 || resp.status.is_informational() {
         record(metrics, ctx, true);

@@ -11,7 +11,7 @@ use std::time::Instant;
 use gatehouse_plugins::RequestInfo;
 
 use crate::state::{Route, ServerSettings, Snapshot};
-use crate::upstream::BackendState;
+use crate::upstream::group::Member;
 
 /// State one request carries through the Pingora hooks.
 pub struct Ctx {
@@ -29,7 +29,7 @@ pub struct Ctx {
     /// The socket peer's IP (before `X-Forwarded-For`).
     pub peer_ip: IpAddr,
     /// The backend of the current (last) attempt.
-    pub backend: Option<Arc<BackendState>>,
+    pub backend: Option<Arc<Member>>,
     /// Backends tried by this request (a retry goes elsewhere).
     pub tried: Vec<SocketAddr>,
     /// Upstream attempts made so far.

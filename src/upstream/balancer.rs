@@ -10,11 +10,20 @@ use pingora_load_balancing::discovery::Static;
 use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
 use pingora_load_balancing::{Backend, Backends, LoadBalancer};
 
-use crate::config::raw::RawBalance;
-
 /// How many candidates `select_with` may look at before giving up: enough to walk past every
 /// unhealthy backend of any realistic group, bounded so a request never scans forever.
 const MAX_ITERATIONS: usize = 256;
+
+/// The selection algorithm of a group.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Balance {
+    /// Weighted round robin.
+    RoundRobin,
+    /// Weighted random.
+    Random,
+    /// Ketama consistent hashing on the group's hash key.
+    ConsistentHash,
+}
 
 /// One group's selector.
 pub enum Balancer {
@@ -39,11 +48,11 @@ where
 
 impl Balancer {
     /// Builds the selector over `backends` (weights already set).
-    pub fn new(kind: RawBalance, backends: BTreeSet<Backend>) -> Result<Self, String> {
+    pub fn new(kind: Balance, backends: BTreeSet<Backend>) -> Result<Self, String> {
         Ok(match kind {
-            RawBalance::RoundRobin => Balancer::RoundRobin(build(backends)?),
-            RawBalance::Random => Balancer::Random(build(backends)?),
-            RawBalance::ConsistentHash => Balancer::ConsistentHash(build(backends)?),
+            Balance::RoundRobin => Balancer::RoundRobin(build(backends)?),
+            Balance::Random => Balancer::Random(build(backends)?),
+            Balance::ConsistentHash => Balancer::ConsistentHash(build(backends)?),
         })
     }
 

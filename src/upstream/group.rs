@@ -11,13 +11,10 @@ use std::time::Duration;
 use http::HeaderName;
 use pingora_load_balancing::Backend;
 
-use arc_swap::ArcSwapOption;
-
-use super::balancer::Balancer;
+use super::balancer::{Balance, Balancer};
 use super::breaker::{Breaker, BreakerConfig, State};
 use super::health::HealthSpec;
 use super::retry::{RetryBudget, RetryPolicy};
-use crate::config::raw::RawUpstream;
 
 /// What a consistent-hash group hashes on.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -35,7 +32,8 @@ pub(crate) struct HealthCounters {
     pub failures: u32,
 }
 
-/// One backend's live state, shared by every group generation that contains it.
+/// One backend's live health, shared by every group generation that contains its address.
+/// Written only by the health supervisor (and by reload warm-up probes).
 #[derive(Debug)]
 pub struct BackendState {
     /// Where to connect.
@@ -44,8 +42,6 @@ pub struct BackendState {
     pub label: Arc<str>,
     healthy: AtomicBool,
     pub(crate) counters: Mutex<HealthCounters>,
-    /// The passive circuit breaker, when the group configures one.
-    pub breaker: ArcSwapOption<Breaker>,
 }
 
 impl BackendState {
@@ -57,7 +53,6 @@ impl BackendState {
             label: addr.to_string().into(),
             healthy: AtomicBool::new(healthy),
             counters: Mutex::new(HealthCounters::default()),
-            breaker: ArcSwapOption::empty(),
         }
     }
 
@@ -69,6 +64,25 @@ impl BackendState {
 
     pub(crate) fn set_healthy(&self, h: bool) {
         self.healthy.store(h, Ordering::Relaxed);
+    }
+}
+
+/// A backend as one group generation sees it: the shared live health ([`BackendState`]) and
+/// this generation's circuit breaker. The breaker is the previous generation's own `Arc` when
+/// the backend stayed and the breaker settings did not change, so its state carries over; a
+/// generation never writes into another one, so compiling a config that is then rejected
+/// changes nothing that serves.
+#[derive(Debug)]
+pub struct Member {
+    pub state: Arc<BackendState>,
+    /// The passive circuit breaker, when the group configures one.
+    pub breaker: Option<Arc<Breaker>>,
+}
+
+impl std::ops::Deref for Member {
+    type Target = BackendState;
+    fn deref(&self) -> &BackendState {
+        &self.state
     }
 }
 
@@ -84,17 +98,29 @@ pub struct Timeouts {
 /// A compiled `upstreams.<name>`.
 pub struct UpstreamGroup {
     pub name: Arc<str>,
-    /// The config it was built from; equal config on reload = reuse this group.
-    pub raw: RawUpstream,
     pub balancer: Balancer,
     pub hash_key: Option<HashKey>,
-    pub backends: Vec<Arc<BackendState>>,
+    pub backends: Vec<Arc<Member>>,
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub budget: RetryBudget,
-    /// `gatehouse_upstream_request_duration_seconds{upstream}`, resolved once.
-    pub latency: Option<prometheus::Histogram>,
+    /// `gatehouse_upstream_request_duration_seconds{upstream}`, resolved on first use (not
+    /// while compiling: a rejected config must not leave series behind).
+    pub latency: std::sync::OnceLock<prometheus::Histogram>,
+}
+
+/// Everything a group is built from, checked by the config compiler.
+pub struct GroupSpec {
+    pub name: String,
+    pub balance: Balance,
+    /// Resolved backend addresses with their weights.
+    pub addrs: Vec<(SocketAddr, usize)>,
+    pub hash_key: Option<HashKey>,
+    pub health: Option<HealthSpec>,
+    pub timeouts: Timeouts,
+    pub breaker: Option<BreakerConfig>,
+    pub retry: RetryPolicy,
 }
 
 /// Milliseconds on a monotonic clock (breakers and budgets).
@@ -107,62 +133,48 @@ pub fn now_ms() -> u64 {
 }
 
 impl UpstreamGroup {
-    /// Builds the group. `previous` lends the state of backends that stay (same address).
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        name: &str,
-        raw: RawUpstream,
-        addrs: Vec<(SocketAddr, usize)>,
-        hash_key: Option<HashKey>,
-        health: Option<HealthSpec>,
-        timeouts: Timeouts,
-        breaker: Option<BreakerConfig>,
-        retry: RetryPolicy,
-        previous: Option<&UpstreamGroup>,
-    ) -> Result<Self, String> {
-        let old: HashMap<SocketAddr, &Arc<BackendState>> = previous
-            .filter(|p| p.health.is_some() == health.is_some())
-            .map(|p| p.backends.iter().map(|b| (b.addr, b)).collect())
+    /// Builds the group. `previous` lends what stays: the health state of backends with the
+    /// same address (when both generations have, or both lack, a health check) and their
+    /// breaker when its settings are equal. Nothing of `previous` is written.
+    pub fn new(spec: GroupSpec, previous: Option<&UpstreamGroup>) -> Result<Self, String> {
+        let old: HashMap<SocketAddr, &Arc<Member>> = previous
+            .map(|p| p.backends.iter().map(|m| (m.addr, m)).collect())
             .unwrap_or_default();
-        let mut states = Vec::with_capacity(addrs.len());
+        let same_health = previous.is_some_and(|p| p.health.is_some() == spec.health.is_some());
+        let mut members = Vec::with_capacity(spec.addrs.len());
         let mut set = BTreeSet::new();
-        for (addr, weight) in addrs {
-            let state = match old.get(&addr) {
-                Some(s) => Arc::clone(s),
+        for (addr, weight) in spec.addrs {
+            let prev = old.get(&addr);
+            let state = match prev {
+                Some(m) if same_health => Arc::clone(&m.state),
                 // Without a health check a backend is always eligible; with one it must pass
                 // its first probe before it gets traffic.
-                None => Arc::new(BackendState::new(addr, health.is_none())),
+                _ => Arc::new(BackendState::new(addr, spec.health.is_none())),
             };
             // a breaker keeps its state while its settings stay the same
-            let keep = match (state.breaker.load().as_deref(), &breaker) {
-                (Some(b), Some(cfg)) => b.config() == cfg,
-                (None, None) => true,
-                _ => false,
+            let breaker = match (prev.and_then(|m| m.breaker.as_ref()), &spec.breaker) {
+                (Some(b), Some(cfg)) if b.config() == cfg => Some(Arc::clone(b)),
+                (_, cfg) => cfg.map(|c| Arc::new(Breaker::new(c))),
             };
-            if !keep {
-                state
-                    .breaker
-                    .store(breaker.map(|c| Arc::new(Breaker::new(c))));
-            }
+            let member = Arc::new(Member { state, breaker });
             let mut b = Backend::new_with_weight(&addr.to_string(), weight)
                 .map_err(|e| format!("backend {addr}: {e}"))?;
-            b.ext.insert(Arc::clone(&state));
+            b.ext.insert(Arc::clone(&member));
             if !set.insert(b) {
                 return Err(format!("backend {addr} is listed twice"));
             }
-            states.push(state);
+            members.push(member);
         }
         Ok(UpstreamGroup {
-            name: name.into(),
-            balancer: Balancer::new(raw.balance, set)?,
-            raw,
-            hash_key,
-            backends: states,
-            health,
-            timeouts,
-            retry,
+            name: spec.name.into(),
+            balancer: Balancer::new(spec.balance, set)?,
+            hash_key: spec.hash_key,
+            backends: members,
+            health: spec.health,
+            timeouts: spec.timeouts,
+            retry: spec.retry,
             budget: RetryBudget::default(),
-            latency: None,
+            latency: std::sync::OnceLock::new(),
         })
     }
 
@@ -174,16 +186,16 @@ impl UpstreamGroup {
         &self,
         key: &[u8],
         exclude: &[SocketAddr],
-        on_transition: &mut dyn FnMut(&BackendState, State),
-    ) -> Option<Arc<BackendState>> {
+        on_transition: &mut dyn FnMut(&Member, State),
+    ) -> Option<Arc<Member>> {
         let now = now_ms();
         let cell = std::cell::RefCell::new(on_transition);
         let b = self.balancer.select_with(key, |b| {
-            b.ext.get::<Arc<BackendState>>().is_some_and(|s| {
+            b.ext.get::<Arc<Member>>().is_some_and(|s| {
                 if !s.is_healthy() || exclude.contains(&s.addr) {
                     return false;
                 }
-                match s.breaker.load().as_deref() {
+                match s.breaker.as_deref() {
                     None => true,
                     Some(br) => br.admits(now, &mut |st| {
                         if let Ok(mut f) = cell.try_borrow_mut() {
@@ -193,6 +205,6 @@ impl UpstreamGroup {
                 }
             })
         })?;
-        b.ext.get::<Arc<BackendState>>().cloned()
+        b.ext.get::<Arc<Member>>().cloned()
     }
 }

@@ -21,17 +21,22 @@ use pingora_load_balancing::Backend;
 
 use super::{BackendState, UpstreamGroup};
 use crate::metrics::Metrics;
-use crate::state::SharedState;
 
 /// How often the supervisor wakes up to see which groups are due.
 const TICK: Duration = Duration::from_millis(100);
 
-/// A compiled `health_check:`.
-pub struct HealthSpec {
+/// When backends are probed and how many results in a row flip their state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HealthTiming {
     pub interval: Duration,
     pub timeout: Duration,
     pub healthy_after: u32,
     pub unhealthy_after: u32,
+}
+
+/// A compiled `health_check:`.
+pub struct HealthSpec {
+    pub timing: HealthTiming,
     probe: Arc<dyn HealthCheck + Send + Sync>,
 }
 
@@ -41,10 +46,7 @@ impl HealthSpec {
         path: &str,
         host: &str,
         expect_status: u16,
-        interval: Duration,
-        timeout: Duration,
-        healthy_after: u32,
-        unhealthy_after: u32,
+        timing: HealthTiming,
     ) -> Result<Self, String> {
         let mut hc = HttpHealthCheck::new(host, false);
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)
@@ -54,9 +56,9 @@ impl HealthSpec {
         req.insert_header("User-Agent", "gatehouse-health-check")
             .map_err(|e| e.to_string())?;
         hc.req = req;
-        hc.peer_template.options.connection_timeout = Some(timeout);
-        hc.peer_template.options.read_timeout = Some(timeout);
-        hc.peer_template.options.write_timeout = Some(timeout);
+        hc.peer_template.options.connection_timeout = Some(timing.timeout);
+        hc.peer_template.options.read_timeout = Some(timing.timeout);
+        hc.peer_template.options.write_timeout = Some(timing.timeout);
         hc.validator = Some(Box::new(move |resp| {
             if resp.status.as_u16() == expect_status {
                 Ok(())
@@ -67,46 +69,19 @@ impl HealthSpec {
                 )
             }
         }));
-        Ok(Self::with_probe(
-            Arc::new(hc),
-            interval,
-            timeout,
-            healthy_after,
-            unhealthy_after,
-        ))
+        Ok(HealthSpec {
+            timing,
+            probe: Arc::new(hc),
+        })
     }
 
     /// A TCP connect probe.
-    pub fn tcp(
-        interval: Duration,
-        timeout: Duration,
-        healthy_after: u32,
-        unhealthy_after: u32,
-    ) -> Self {
+    pub fn tcp(timing: HealthTiming) -> Self {
         let mut hc = TcpHealthCheck::new();
-        hc.peer_template.options.connection_timeout = Some(timeout);
-        Self::with_probe(
-            Arc::from(hc as Box<dyn HealthCheck + Send + Sync>),
-            interval,
-            timeout,
-            healthy_after,
-            unhealthy_after,
-        )
-    }
-
-    fn with_probe(
-        probe: Arc<dyn HealthCheck + Send + Sync>,
-        interval: Duration,
-        timeout: Duration,
-        healthy_after: u32,
-        unhealthy_after: u32,
-    ) -> Self {
+        hc.peer_template.options.connection_timeout = Some(timing.timeout);
         HealthSpec {
-            interval,
-            timeout,
-            healthy_after,
-            unhealthy_after,
-            probe,
+            timing,
+            probe: Arc::from(hc as Box<dyn HealthCheck + Send + Sync>),
         }
     }
 }
@@ -148,7 +123,8 @@ pub fn observe(
     None
 }
 
-async fn probe_group(group: &UpstreamGroup, spec: &HealthSpec, metrics: &Metrics) {
+/// Probes every backend of `group` once (in parallel) and applies the results. Logs flips.
+async fn probe_group(group: &UpstreamGroup, spec: &HealthSpec) {
     let checks = group.backends.iter().map(|b| {
         let probe = Arc::clone(&spec.probe);
         let b = Arc::clone(b);
@@ -157,61 +133,97 @@ async fn probe_group(group: &UpstreamGroup, spec: &HealthSpec, metrics: &Metrics
                 Ok(t) => t,
                 Err(_) => return (b, Err("invalid backend address".to_string())),
             };
-            let r = match tokio::time::timeout(spec.timeout, probe.check(&target)).await {
+            let timeout = spec.timing.timeout;
+            let r = match tokio::time::timeout(timeout, probe.check(&target)).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(e.to_string()),
-                Err(_) => Err(format!("no answer within {:?}", spec.timeout)),
+                Err(_) => Err(format!("no answer within {timeout:?}")),
             };
             (b, r)
         }
     });
+    let t = spec.timing;
     for (b, r) in futures::future::join_all(checks).await {
-        let ok = r.is_ok();
-        if let Some(now) = observe(&b, ok, spec.healthy_after, spec.unhealthy_after) {
-            if now {
-                info!("upstream {} backend {} is healthy", group.name, b.label);
-            } else {
-                warn!(
-                    "upstream {} backend {} is unhealthy: {}",
-                    group.name,
-                    b.label,
-                    r.err().unwrap_or_default()
-                );
-            }
+        match observe(&b, r.is_ok(), t.healthy_after, t.unhealthy_after) {
+            Some(true) => info!("upstream {} backend {} is healthy", group.name, b.label),
+            Some(false) => warn!(
+                "upstream {} backend {} is unhealthy: {}",
+                group.name,
+                b.label,
+                r.err().unwrap_or_default()
+            ),
+            None => {}
         }
-        metrics.set_backend_health(&group.name, &b.label, b.is_healthy());
     }
 }
 
-/// Runs the health checks of every group in the current snapshot at each group's interval.
-/// The first round runs at once and marks the gateway ready (`/ready`).
-pub struct HealthSupervisor {
-    pub state: Arc<SharedState>,
-    pub metrics: Arc<Metrics>,
+/// Probes every group in `groups` once (all in parallel) and exports the backends' health.
+/// Used by reloads to warm up new groups before they serve.
+pub async fn check_groups(groups: &[Arc<UpstreamGroup>], metrics: &Metrics) {
+    probe_all(groups).await;
+    export(groups, metrics);
 }
 
-/// Probes every group in `groups` once (all in parallel). Used for the first round and by
-/// reloads to warm up new groups before they serve.
-pub async fn check_groups(groups: &[Arc<UpstreamGroup>], metrics: &Metrics) {
+async fn probe_all(groups: &[Arc<UpstreamGroup>]) {
     let rounds = groups
         .iter()
-        .filter_map(|g| g.health.as_ref().map(|s| probe_group(g, s, metrics)));
+        .filter_map(|g| g.health.as_ref().map(|s| probe_group(g, s)));
     futures::future::join_all(rounds).await;
 }
 
+fn export(groups: &[Arc<UpstreamGroup>], metrics: &Metrics) {
+    for g in groups {
+        for b in &g.backends {
+            metrics.set_backend_health(&g.name, &b.label, b.is_healthy());
+        }
+    }
+}
+
+type Groups = Box<dyn Fn() -> Vec<Arc<UpstreamGroup>> + Send + Sync>;
+
+/// Runs the health checks of the serving groups at each group's interval. The first round
+/// runs at once, then `ready` is called (`/ready`). It is handed what it needs: `groups` lists
+/// the groups serving now (asked every tick, so reloads are followed).
+pub struct HealthSupervisor {
+    groups: Groups,
+    ready: Box<dyn Fn() + Send + Sync>,
+    metrics: Arc<Metrics>,
+}
+
 impl HealthSupervisor {
-    async fn check_all(&self, groups: &[Arc<UpstreamGroup>]) {
-        check_groups(groups, &self.metrics).await
+    /// A supervisor over the groups `groups` returns.
+    pub fn new(
+        groups: impl Fn() -> Vec<Arc<UpstreamGroup>> + Send + Sync + 'static,
+        ready: impl Fn() + Send + Sync + 'static,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        HealthSupervisor {
+            groups: Box::new(groups),
+            ready: Box::new(ready),
+            metrics,
+        }
+    }
+
+    /// Probes `groups`, then exports the health of those still serving (a reload may have
+    /// removed a backend meanwhile: its series must not come back).
+    async fn round(&self, groups: &[Arc<UpstreamGroup>]) {
+        probe_all(groups).await;
+        let serving = (self.groups)();
+        let still: Vec<_> = groups
+            .iter()
+            .filter(|g| serving.iter().any(|s| Arc::ptr_eq(s, g)))
+            .cloned()
+            .collect();
+        export(&still, &self.metrics);
     }
 }
 
 #[async_trait]
 impl BackgroundService for HealthSupervisor {
     async fn start(&self, mut shutdown: ShutdownWatch) {
-        let snap = self.state.snapshot();
-        let groups: Vec<_> = snap.upstreams.values().cloned().collect();
-        self.check_all(&groups).await;
-        self.state.set_health_ready();
+        let groups = (self.groups)();
+        self.round(&groups).await;
+        (self.ready)();
         info!("first health check round done");
 
         // next due time per group, keyed by the group's address (a reload that rebuilds a
@@ -220,7 +232,7 @@ impl BackgroundService for HealthSupervisor {
         let now = Instant::now();
         for g in &groups {
             if let Some(s) = &g.health {
-                due.insert(Arc::as_ptr(g) as usize, now + s.interval);
+                due.insert(Arc::as_ptr(g) as usize, now + s.timing.interval);
             }
         }
         loop {
@@ -228,24 +240,23 @@ impl BackgroundService for HealthSupervisor {
                 _ = shutdown.changed() => return,
                 _ = tokio::time::sleep(TICK) => {}
             }
-            let snap = self.state.snapshot();
             let now = Instant::now();
             let mut live = HashMap::with_capacity(due.len());
             let mut to_probe = Vec::new();
-            for g in snap.upstreams.values() {
+            for g in (self.groups)() {
                 let Some(spec) = &g.health else { continue };
-                let key = Arc::as_ptr(g) as usize;
+                let key = Arc::as_ptr(&g) as usize;
                 let next = due.get(&key).copied().unwrap_or(now);
                 if next <= now {
-                    to_probe.push(Arc::clone(g));
-                    live.insert(key, now + spec.interval);
+                    live.insert(key, now + spec.timing.interval);
+                    to_probe.push(g);
                 } else {
                     live.insert(key, next);
                 }
             }
             due = live;
             if !to_probe.is_empty() {
-                self.check_all(&to_probe).await;
+                self.round(&to_probe).await;
             }
         }
     }

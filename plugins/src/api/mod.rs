@@ -15,7 +15,7 @@ pub use ctx::{PluginCtx, RequestInfo};
 pub use pingora_error::{Error, ErrorType, Result};
 pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use pingora_proxy::Session;
-pub use registry::{BuildEnv, BuildError, Registry};
+pub use registry::{BuildEnv, BuildError, BuildResult, Registry};
 pub use reply::{Flow, Reply, ReplyBody};
 
 /// A plugin instance, built once per config compile and shared by every request of the routes
@@ -74,9 +74,26 @@ pub trait Plugin: Send + Sync + 'static {
 pub trait PluginSpec: Plugin + Sized {
     /// The YAML key of the plugin entry: `- <KIND>: {config}`.
     const KIND: &'static str;
-    /// The plugin's config; use `#[serde(deny_unknown_fields)]` so typos are config errors.
+    /// A counter of its own for the decisions this plugin records
+    /// ([`RequestInfo::record`]), labelled `{route, result}`. `None` (the default): they are
+    /// counted in `gatehouse_plugin_decisions_total{plugin, route, result}`.
+    const DECISION_METRIC: Option<DecisionMetric> = None;
+    /// The plugin's config; use `#[serde(deny_unknown_fields)]` so typos are config errors,
+    /// and [`units::Dur`]/[`units::Size`] for durations and sizes.
     type Config: DeserializeOwned;
     /// Builds an instance. Called at startup and on every reload that changed this entry; must
-    /// not panic. An error names what is wrong; the caller prefixes the YAML path.
-    fn build(config: Self::Config, env: &BuildEnv) -> std::result::Result<Self, BuildError>;
+    /// not panic and must not start anything that outlives a rejected config (it may read
+    /// files and fetch keys). An error names what is wrong; the caller prefixes the YAML path.
+    /// Non-fatal findings go to [`BuildEnv::warn`].
+    fn build(config: Self::Config, env: &mut BuildEnv) -> BuildResult<Self>;
+}
+
+/// A Prometheus counter a plugin declares for its decisions (see
+/// [`PluginSpec::DECISION_METRIC`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DecisionMetric {
+    /// Full metric name, e.g. `gatehouse_jwt_validations_total`.
+    pub name: &'static str,
+    /// Its help text.
+    pub help: &'static str,
 }

@@ -4,7 +4,10 @@ use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use super::{Plugin, PluginSpec};
+use super::{DecisionMetric, Plugin, PluginSpec};
+
+/// What building a plugin returns.
+pub type BuildResult<T> = std::result::Result<T, BuildError>;
 
 /// Why a plugin could not be built. `path` is relative to the plugin's config (`"audience"`,
 /// `"keys[1].secret"`, or empty for the whole entry); the config compiler prefixes the entry's
@@ -43,11 +46,17 @@ pub struct BuildEnv {
     pub base_dir: PathBuf,
     /// The route the instance belongs to, or `None` for the top-level chain.
     pub route_id: Option<String>,
-    /// Non-fatal findings (e.g. "cors after jwt") that the config compiler logs.
+    /// Non-fatal findings that the config compiler logs with the entry's YAML path.
     pub warnings: Vec<String>,
 }
 
 impl BuildEnv {
+    /// Records a non-fatal finding about the plugin's config (logged as a warning with the
+    /// entry's YAML path; the config is still applied).
+    pub fn warn(&mut self, message: impl Into<String>) {
+        self.warnings.push(message.into());
+    }
+
     /// Resolves a file name from a plugin config against the config's directory.
     pub fn resolve(&self, file: &str) -> PathBuf {
         let p = PathBuf::from(file);
@@ -59,31 +68,36 @@ impl BuildEnv {
     }
 }
 
-type Factory = fn(serde_yaml::Value, &BuildEnv) -> std::result::Result<Arc<dyn Plugin>, BuildError>;
+type Factory = fn(serde_yaml::Value, &mut BuildEnv) -> BuildResult<Arc<dyn Plugin>>;
 
 /// The known plugin kinds. Built once at startup; the config compiler looks each entry up by
-/// its YAML key.
+/// its YAML key. The built-in plugins are in `gatehouse_plugins::builtins()`.
 #[derive(Clone, Default)]
 pub struct Registry {
-    factories: HashMap<&'static str, Factory>,
+    factories: HashMap<&'static str, (Factory, Option<DecisionMetric>)>,
 }
 
-fn build_spec<P: PluginSpec>(
-    value: serde_yaml::Value,
-    env: &BuildEnv,
-) -> std::result::Result<Arc<dyn Plugin>, BuildError> {
+/// Parses a plugin's YAML config; errors carry the path inside it.
+pub(crate) fn parse_config<P: PluginSpec>(value: serde_yaml::Value) -> BuildResult<P::Config> {
     // `- kind:` with nothing after it reads as null: treat it as an empty config.
     let value = match value {
         serde_yaml::Value::Null => serde_yaml::Value::Mapping(Default::default()),
         v => v,
     };
-    let config: P::Config = serde_path_to_error::deserialize(value).map_err(|e| {
+    serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         BuildError {
             path: if path == "." { String::new() } else { path },
             message: e.into_inner().to_string(),
         }
-    })?;
+    })
+}
+
+fn build_spec<P: PluginSpec>(
+    value: serde_yaml::Value,
+    env: &mut BuildEnv,
+) -> BuildResult<Arc<dyn Plugin>> {
+    let config = parse_config::<P>(value)?;
     Ok(Arc::new(P::build(config, env)?))
 }
 
@@ -93,22 +107,22 @@ impl Registry {
         Self::default()
     }
 
-    /// A registry with every built-in plugin.
-    pub fn with_builtins() -> Self {
-        let mut r = Self::new();
-        r.register::<crate::access::Access>();
-        r.register::<crate::cache::Cache>();
-        r.register::<crate::cors::Cors>();
-        r.register::<crate::headers::Headers>();
-        r.register::<crate::jwt::Jwt>();
-        r.register::<crate::rate_limit::RateLimit>();
-        r
-    }
-
     /// Registers `P` under `P::KIND`, replacing an earlier plugin of that kind.
     pub fn register<P: PluginSpec>(&mut self) -> &mut Self {
-        self.factories.insert(P::KIND, build_spec::<P>);
+        self.factories
+            .insert(P::KIND, (build_spec::<P>, P::DECISION_METRIC));
         self
+    }
+
+    /// The decision counters registered plugins declare, by kind.
+    pub fn decision_metrics(&self) -> Vec<(&'static str, DecisionMetric)> {
+        let mut v: Vec<_> = self
+            .factories
+            .iter()
+            .filter_map(|(k, (_, m))| m.map(|m| (*k, m)))
+            .collect();
+        v.sort_unstable_by_key(|(k, _)| *k);
+        v
     }
 
     /// Whether `kind` is registered.
@@ -129,10 +143,10 @@ impl Registry {
         &self,
         kind: &str,
         config: serde_yaml::Value,
-        env: &BuildEnv,
-    ) -> std::result::Result<Arc<dyn Plugin>, BuildError> {
+        env: &mut BuildEnv,
+    ) -> BuildResult<Arc<dyn Plugin>> {
         match self.factories.get(kind) {
-            Some(f) => f(config, env),
+            Some((f, _)) => f(config, env),
             None => Err(BuildError::new(format!(
                 "unknown plugin kind `{kind}` (known: {})",
                 self.kinds().join(", ")

@@ -41,8 +41,8 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use crate::api::{
-    BuildEnv, BuildError, Flow, Plugin, PluginCtx, PluginSpec, Reply, RequestHeader, Result,
-    Session,
+    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
+    RequestHeader, Result, Session,
 };
 pub use keys::{parse_jwks, Key};
 pub use source::{KeyStore, REFRESH_COOLDOWN};
@@ -338,9 +338,13 @@ impl Plugin for Jwt {
 
 impl PluginSpec for Jwt {
     const KIND: &'static str = "jwt";
+    const DECISION_METRIC: Option<DecisionMetric> = Some(DecisionMetric {
+        name: "gatehouse_jwt_validations_total",
+        help: "JWT checks by route and result (ok, missing, expired, invalid_signature, ...).",
+    });
     type Config = JwtConfig;
 
-    fn build(c: JwtConfig, env: &BuildEnv) -> std::result::Result<Self, BuildError> {
+    fn build(c: JwtConfig, env: &mut BuildEnv) -> BuildResult<Self> {
         let mut fixed = Vec::new();
         for (i, k) in c.keys.iter().enumerate() {
             let p = format!("keys[{i}]");
@@ -349,7 +353,7 @@ impl PluginSpec for Jwt {
             let key = match (&k.secret, &k.public_key_file, keys::is_asymmetric(alg)) {
                 (Some(secret), None, false) => {
                     if secret.len() < 32 {
-                        env_warn(env, &p, "an HMAC secret shorter than 32 bytes is weak");
+                        env.warn(format!("{p}: an HMAC secret shorter than 32 bytes is weak"));
                     }
                     if secret.is_empty() {
                         return Err(BuildError::at(format!("{p}.secret"), "empty secret"));
@@ -504,10 +508,6 @@ impl PluginSpec for Jwt {
             has_url: c.jwks_url.is_some(),
         })
     }
-}
-
-fn env_warn(_env: &BuildEnv, path: &str, msg: &str) {
-    log::warn!("jwt {path}: {msg}");
 }
 
 #[cfg(test)]

@@ -17,12 +17,11 @@ fn keys_dir() -> std::path::PathBuf {
 }
 
 fn build(yaml: &str) -> Jwt {
-    let cfg: JwtConfig = serde_yaml::from_str(yaml).unwrap();
-    let env = BuildEnv {
+    let mut env = BuildEnv {
         base_dir: keys_dir(),
         ..BuildEnv::default()
     };
-    Jwt::build(cfg, &env).unwrap()
+    crate::api::testing::build_with(yaml, &mut env).unwrap()
 }
 
 fn now() -> u64 {
@@ -274,13 +273,14 @@ async fn cache_respects_expiry_and_key_changes() {
 
 #[test]
 fn config_errors_name_the_field() {
-    let env = BuildEnv {
-        base_dir: keys_dir(),
-        ..BuildEnv::default()
-    };
     let err = |y: &str| {
-        let cfg: JwtConfig = serde_yaml::from_str(y).unwrap();
-        Jwt::build(cfg, &env).err().unwrap()
+        let mut env = BuildEnv {
+            base_dir: keys_dir(),
+            ..BuildEnv::default()
+        };
+        crate::api::testing::build_with::<Jwt>(y, &mut env)
+            .err()
+            .unwrap()
     };
     assert_eq!(
         err("keys: [{ algorithm: HS999, secret: x }]").path,

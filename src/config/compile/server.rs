@@ -1,0 +1,142 @@
+//! `server:` and `admin:` -> [`ServerSettings`]: listen addresses, trusted proxies, request
+//! limits, latency buckets. Zero durations and sizes are already rejected by their serde types.
+
+use std::net::{IpAddr, SocketAddr};
+
+use ipnet::IpNet;
+
+use crate::config::error::Scope;
+use crate::config::raw::{RawAdmin, RawServer};
+use crate::state::ServerSettings;
+
+/// Most header lines a request may be allowed to carry.
+const MAX_HEADERS: usize = 256;
+
+/// Parses `ip:port` (or `[v6]:port`).
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    s.parse::<SocketAddr>().map_err(|_| {
+        format!("invalid listen address `{s}`: expected ip:port, e.g. \"0.0.0.0:8080\"")
+    })
+}
+
+/// Checks `server:` (at scope `server`) and compiles what requests need of it.
+pub(super) fn compile_server(raw: &RawServer, s: &mut Scope<'_>) -> ServerSettings {
+    if raw.listen.is_empty() {
+        s.error_at("listen", "needs at least one address");
+    }
+    for (i, l) in raw.listen.iter().enumerate() {
+        s.item("listen", i).take("", parse_listen(l));
+    }
+    let trusted_proxies = raw
+        .trusted_proxies
+        .iter()
+        .enumerate()
+        .filter_map(|(i, t)| {
+            let net = t
+                .parse::<IpNet>()
+                .or_else(|_| t.parse::<IpAddr>().map(IpNet::from))
+                .map_err(|_| format!("invalid CIDR `{t}`"));
+            s.item("trusted_proxies", i).take("", net)
+        })
+        .collect();
+    s.check(
+        !raw.access_log.trim().is_empty(),
+        "access_log",
+        "use stdout, off or a file path",
+    );
+    let lim = &raw.limits;
+    s.check(
+        (1..=MAX_HEADERS).contains(&lim.max_headers),
+        "limits.max_headers",
+        "must be 1..=256",
+    );
+    if let Some(b) = &raw.latency_buckets {
+        s.check(
+            !b.is_empty()
+                && b.iter().all(|v| v.is_finite() && *v > 0.0)
+                && b.windows(2).all(|w| w[0] < w[1]),
+            "latency_buckets",
+            "a non-empty list of increasing positive seconds",
+        );
+    }
+    ServerSettings {
+        trusted_proxies,
+        max_header_size: usize::try_from(lim.max_header_size.0).unwrap_or(usize::MAX),
+        max_headers: lim.max_headers,
+        body_read_timeout: lim.body_read_timeout.0,
+        header_read_timeout: lim.header_read_timeout.0,
+        max_connections: lim.max_connections.get(),
+    }
+}
+
+/// Checks `admin:` (at scope `admin`).
+pub(super) fn check_admin(raw: &RawAdmin, s: &mut Scope<'_>) {
+    s.take("listen", parse_listen(&raw.listen));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::error::Errors;
+
+    fn errors(yaml: &str) -> Vec<String> {
+        let raw: RawServer = serde_yaml::from_str(yaml).unwrap();
+        let mut errs = Errors::default();
+        compile_server(&raw, &mut errs.scope("server"));
+        errs.into_vec().iter().map(|e| e.to_string()).collect()
+    }
+
+    #[test]
+    fn settings() {
+        let raw: RawServer = serde_yaml::from_str(
+            "{trusted_proxies: [10.0.0.0/8, 192.0.2.7], limits: {max_headers: 5}}",
+        )
+        .unwrap();
+        let mut errs = Errors::default();
+        let s = compile_server(&raw, &mut errs.scope("server"));
+        assert!(errs.is_empty());
+        assert!(s.is_trusted("10.1.2.3".parse().unwrap()));
+        assert!(s.is_trusted("192.0.2.7".parse().unwrap()));
+        assert!(!s.is_trusted("192.0.2.8".parse().unwrap()));
+        assert_eq!(s.max_headers, 5);
+    }
+
+    #[test]
+    fn errors_name_their_path() {
+        assert_eq!(
+            errors("{listen: [\"0.0.0.0:80\", \"localhost\"], trusted_proxies: [nope]}"),
+            [
+                "server.listen[1]: invalid listen address `localhost`: expected ip:port, e.g. \"0.0.0.0:8080\"",
+                "server.trusted_proxies[0]: invalid CIDR `nope`"
+            ]
+        );
+        assert_eq!(
+            errors("{listen: []}"),
+            ["server.listen: needs at least one address"]
+        );
+        assert_eq!(
+            errors("{limits: {max_headers: 300}, latency_buckets: [1, 0.5], access_log: \" \"}"),
+            [
+                "server.access_log: use stdout, off or a file path",
+                "server.limits.max_headers: must be 1..=256",
+                "server.latency_buckets: a non-empty list of increasing positive seconds"
+            ]
+        );
+    }
+
+    #[test]
+    fn zeros_are_rejected_by_their_types() {
+        for yaml in [
+            "{limits: {max_body_size: 0}}",
+            "{limits: {header_read_timeout: 0s}}",
+            "{cache: {lock_timeout: 0ms}}",
+        ] {
+            let e = serde_yaml::from_str::<RawServer>(yaml)
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("must be greater than 0"), "{yaml}: {e}");
+        }
+        assert!(serde_yaml::from_str::<RawServer>("{threads: 0}").is_err());
+        assert!(serde_yaml::from_str::<RawServer>("{limits: {max_connections: 0}}").is_err());
+    }
+}
