@@ -21,6 +21,7 @@ fn chain(yaml: &str) -> Vec<Arc<dyn Plugin>> {
             let (k, v) = m.into_iter().next().unwrap();
             reg.build(k.as_str().unwrap(), v, &mut BuildEnv::default())
                 .unwrap()
+                .plugin
         })
         .collect()
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use gatehouse_plugins::Plugin;
+use gatehouse_plugins::PluginInstance;
 use http::HeaderValue;
 use ipnet::IpNet;
 
@@ -40,7 +40,7 @@ pub struct Route {
     pub strip_prefix: Option<String>,
     pub upstream_host: UpstreamHost,
     /// The top-level chain followed by the route's own plugins, in config order.
-    pub chain: Vec<Arc<dyn Plugin>>,
+    pub chain: Vec<PluginInstance>,
     pub metrics: RouteMetrics,
     /// Largest request body accepted, in bytes.
     pub max_body_size: u64,
@@ -85,7 +85,7 @@ pub struct Snapshot {
     pub upstreams: HashMap<String, Arc<UpstreamGroup>>,
     pub server: ServerSettings,
     /// Every plugin instance by its reuse key.
-    pub plugins: HashMap<PluginKey, Arc<dyn Plugin>>,
+    pub plugins: HashMap<PluginKey, PluginInstance>,
     /// SHA-256 of the config file's text, hex.
     pub source_hash: String,
     /// The config as loaded (variables substituted), for `GET /config` (redacted there).

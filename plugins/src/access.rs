@@ -45,10 +45,6 @@ impl Access {
 
 #[async_trait]
 impl Plugin for Access {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
     async fn request_filter(&self, _s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
         if self.permits(cx.info.client_ip) {
             cx.info.record(Self::KIND, "allowed");

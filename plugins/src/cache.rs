@@ -21,21 +21,9 @@ use serde::Deserialize;
 
 use crate::api::units::{duration_at, parse_size};
 use crate::api::{
-    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Result,
-    Session,
+    BuildEnv, BuildError, BuildResult, CacheIntent, DecisionMetric, Flow, Plugin, PluginCtx,
+    PluginSpec, Result, Session,
 };
-
-/// What the gateway's cache phases need to know about this route.
-#[derive(Debug, Clone)]
-pub struct CacheIntent {
-    pub default_ttl: Duration,
-    pub methods: Vec<Method>,
-    /// Lowercase request header names that split the cache, besides the upstream's `Vary`.
-    pub vary: Vec<HeaderName>,
-    pub max_object_size: usize,
-    pub stale_while_revalidate: Duration,
-    pub stale_if_error: Duration,
-}
 
 /// The plugin's YAML config.
 #[derive(Debug, Deserialize)]
@@ -62,10 +50,6 @@ pub struct Cache {
 
 #[async_trait]
 impl Plugin for Cache {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
     async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
         if self.intent.methods.contains(&s.req_header().method) {
             cx.info.ext.insert(self.intent.clone());

@@ -282,10 +282,6 @@ const UPSTREAM_CORS: [HeaderName; 6] = [
 
 #[async_trait]
 impl Plugin for Cors {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
     async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
         let req = s.req_header();
         let Some(origin) = req.headers.get(ORIGIN).cloned() else {

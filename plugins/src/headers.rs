@@ -111,10 +111,6 @@ macro_rules! apply_rewrite {
 
 #[async_trait]
 impl Plugin for Headers {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
     async fn upstream_request_filter(
         &self,
         _s: &mut Session,

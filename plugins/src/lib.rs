@@ -15,8 +15,8 @@ pub mod jwt;
 pub mod rate_limit;
 
 pub use api::{
-    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec,
-    Registry, Reply, ReplyBody, RequestInfo,
+    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginInstance,
+    PluginSpec, Registry, Reply, ReplyBody, RequestInfo,
 };
 
 /// A registry with every built-in plugin; register your own plugins on it before passing it

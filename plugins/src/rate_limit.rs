@@ -46,9 +46,8 @@ use serde::Deserialize;
 
 use crate::api::{
     BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
-    ResponseHeader, Result, Session,
+    ResponseHeader, Result, Session, VerifiedClaims,
 };
-use crate::jwt::VerifiedClaims;
 
 /// The plugin's YAML config.
 #[derive(Debug, Deserialize)]
@@ -158,10 +157,6 @@ impl RateLimit {
 
 #[async_trait]
 impl Plugin for RateLimit {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
     async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
         let ip = cx.info.client_ip;
         // the key borrows from the request or the claims: no copy per request

@@ -9,6 +9,9 @@
 //! `retry.backoff` (doubled per try, jittered, capped) first.
 
 use std::hash::{BuildHasher, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use http::Method;
 use pingora_core::upstreams::peer::HttpPeer;
@@ -17,12 +20,52 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 use super::ctx::Ctx;
+use super::error_page::Failure;
 use crate::metrics::Metrics;
 use crate::upstream::breaker::State;
 use crate::upstream::group::now_ms;
 use crate::upstream::group::Member;
 use crate::upstream::retry::Reason;
 use crate::upstream::HashKey;
+
+/// A request's upstream attempts so far.
+#[derive(Default)]
+pub(crate) struct AttemptState {
+    /// The backend of the current (last) attempt.
+    backend: Option<Arc<Member>>,
+    /// Backends tried by this request (a retry goes elsewhere).
+    tried: Vec<SocketAddr>,
+    /// Upstream attempts made so far.
+    attempts: u32,
+    /// Whether the current attempt's outcome went to the breaker.
+    recorded: bool,
+    /// Set when an attempt is ended to retry on this upstream status.
+    retry_status: Option<u16>,
+    /// Set when a pooled upstream connection turned out to be closed by the backend: the next
+    /// attempt is the same request on a fresh connection, not a retry of the backend's failure.
+    fresh_connection: bool,
+    /// When the current attempt started (backend chosen).
+    started: Option<Instant>,
+    /// Time spent waiting for upstream response headers, all attempts.
+    upstream_time: Duration,
+}
+
+impl AttemptState {
+    /// The backend of the last attempt, if one was chosen.
+    pub(crate) fn backend(&self) -> Option<&Arc<Member>> {
+        self.backend.as_ref()
+    }
+
+    /// Attempts after the first.
+    pub(crate) fn retries(&self) -> u32 {
+        self.attempts.saturating_sub(1)
+    }
+
+    /// Time spent waiting for upstream response heads, if any attempt started.
+    pub(crate) fn upstream_time(&self) -> Option<Duration> {
+        self.started.map(|_| self.upstream_time)
+    }
+}
 
 fn idempotent(m: &Method) -> bool {
     matches!(
@@ -53,7 +96,7 @@ fn report(metrics: &Metrics, upstream: &str, b: &Member, st: State) {
 }
 
 /// Chooses the backend for the next attempt (Pingora's `upstream_peer`).
-pub async fn upstream_peer(
+pub(super) async fn upstream_peer(
     metrics: &Metrics,
     s: &mut Session,
     ctx: &mut Ctx,
@@ -66,12 +109,12 @@ pub async fn upstream_peer(
     };
     let group = &route.upstream;
     // the same attempt again on a fresh connection: no budget, no backoff, not a retry
-    let fresh = std::mem::take(&mut ctx.fresh_connection_retry);
+    let fresh = std::mem::take(&mut ctx.attempt.fresh_connection);
     if !fresh {
-        if ctx.attempts == 0 {
+        if ctx.attempt.attempts == 0 {
             group.budget.record_request(now_ms());
         } else {
-            let delay = group.retry.delay(ctx.attempts, jitter());
+            let delay = group.retry.delay(ctx.attempt.attempts, jitter());
             if !delay.is_zero() {
                 tokio::time::sleep(delay).await;
             }
@@ -81,18 +124,18 @@ pub async fn upstream_peer(
         Some(total) => {
             let left = total.saturating_sub(ctx.start.elapsed());
             if left.is_zero() {
-                ctx.error = Some("route timeout");
-                return Err(Error::explain(ErrorType::HTTPStatus(504), "route timeout"));
+                ctx.failure = Some(Failure::RouteTimeout);
+                return Err(Failure::RouteTimeout.error(504));
             }
             Some(left)
         }
         None => None,
     };
     if !fresh {
-        ctx.attempts += 1;
+        ctx.attempt.attempts += 1;
     }
-    ctx.attempt_recorded = false;
-    ctx.attempt_start = Some(std::time::Instant::now());
+    ctx.attempt.recorded = false;
+    ctx.attempt.started = Some(Instant::now());
     let ip_key;
     let key: &[u8] = match &group.hash_key {
         None => b"",
@@ -104,23 +147,22 @@ pub async fn upstream_peer(
         Some(HashKey::Header(h)) => s.req_header().headers.get(h).map_or(b"", |v| v.as_bytes()),
     };
     let name = &group.name;
-    let backend = group.select(key, &ctx.tried, &mut |b, st| report(metrics, name, b, st));
+    let backend = group.select(key, &ctx.attempt.tried, &mut |b, st| {
+        report(metrics, name, b, st)
+    });
     let Some(backend) = backend else {
-        ctx.error = Some("no healthy backend");
-        return Err(Error::explain(
-            ErrorType::HTTPStatus(503),
-            "no healthy backend",
-        ));
+        ctx.failure = Some(Failure::NoHealthyBackend);
+        return Err(Failure::NoHealthyBackend.error(503));
     };
-    ctx.tried.push(backend.addr);
+    ctx.attempt.tried.push(backend.addr);
     let mut peer = HttpPeer::new(backend.addr, false, String::new());
     let t = &group.timeouts;
-    let cap = |d: std::time::Duration| Some(remaining.map_or(d, |r| d.min(r)));
+    let cap = |d: Duration| Some(remaining.map_or(d, |r| d.min(r)));
     peer.options.connection_timeout = cap(t.connect);
     peer.options.read_timeout = cap(t.read);
     peer.options.write_timeout = cap(t.write);
     peer.options.idle_timeout = Some(t.idle);
-    ctx.backend = Some(backend);
+    ctx.attempt.backend = Some(backend);
     Ok(Box::new(peer))
 }
 
@@ -137,11 +179,11 @@ fn upstream_error(metrics: &Metrics, ctx: &Ctx, kind: &str) {
 
 /// Feeds one attempt's outcome to the backend's breaker (once per attempt).
 fn record(metrics: &Metrics, ctx: &mut Ctx, success: bool) {
-    if ctx.attempt_recorded {
+    if ctx.attempt.recorded {
         return;
     }
-    ctx.attempt_recorded = true;
-    let (Some(route), Some(b)) = (&ctx.route, &ctx.backend) else {
+    ctx.attempt.recorded = true;
+    let (Some(route), Some(b)) = (&ctx.route, &ctx.attempt.backend) else {
         return;
     };
     if let Some(br) = &b.breaker {
@@ -158,7 +200,7 @@ fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool 
     };
     let g = &route.upstream;
     let policy = &g.retry;
-    if !policy.covers(reason) || ctx.attempts > policy.attempts {
+    if !policy.covers(reason) || ctx.attempt.attempts > policy.attempts {
         return false;
     }
     if s.response_written().is_some() {
@@ -169,7 +211,7 @@ fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool 
     {
         return false;
     }
-    if ctx.tried.len() >= g.backends.len() {
+    if ctx.attempt.tried.len() >= g.backends.len() {
         return false; // every backend was tried
     }
     if route.timeout.is_some_and(|t| ctx.start.elapsed() >= t) {
@@ -187,7 +229,7 @@ fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool 
 }
 
 /// Pingora's `fail_to_connect`: the attempt failed before anything was sent.
-pub fn fail_to_connect(
+pub(super) fn fail_to_connect(
     metrics: &Metrics,
     s: &Session,
     _peer: &HttpPeer,
@@ -202,7 +244,7 @@ pub fn fail_to_connect(
 }
 
 /// Pingora's `error_while_proxy`: the attempt failed after the connection was up.
-pub fn error_while_proxy(
+pub(super) fn error_while_proxy(
     metrics: &Metrics,
     peer: &HttpPeer,
     s: &Session,
@@ -212,7 +254,9 @@ pub fn error_while_proxy(
 ) -> Box<Error> {
     let mut e = e.more_context(format!("Peer: {peer}"));
     let reason = match e.etype() {
-        ErrorType::HTTPStatus(code) if ctx.retry_status == Some(*code) => Reason::Status(*code),
+        ErrorType::HTTPStatus(code) if ctx.attempt.retry_status == Some(*code) => {
+            Reason::Status(*code)
+        }
         ErrorType::ReadTimedout | ErrorType::WriteTimedout => Reason::Timeout,
         _ => Reason::Reset,
     };
@@ -233,9 +277,9 @@ pub fn error_while_proxy(
         && idempotent(&s.req_header().method)
         && !s.as_ref().retry_buffer_truncated()
     {
-        ctx.tried.pop();
-        ctx.attempt_recorded = true;
-        ctx.fresh_connection_retry = true;
+        ctx.attempt.tried.pop();
+        ctx.attempt.recorded = true;
+        ctx.attempt.fresh_connection = true;
         e.set_retry(true);
         return e;
     }
@@ -248,23 +292,23 @@ pub fn error_while_proxy(
     record(metrics, ctx, false);
     let retry = may_retry(metrics, s, ctx, reason);
     e.set_retry(retry);
-    ctx.retry_status = None;
+    ctx.attempt.retry_status = None;
     e
 }
 
 /// Pingora's `upstream_response_filter`: a 5xx counts as a failed attempt, and a status the
 /// group retries on ends this attempt (nothing has gone to the client yet) when a retry is
 /// allowed; otherwise the response goes through.
-pub fn upstream_response(
+pub(super) fn upstream_response(
     metrics: &Metrics,
     s: &Session,
     resp: &ResponseHeader,
     ctx: &mut Ctx,
 ) -> Result<()> {
     let status = resp.status.as_u16();
-    if let (Some(start), Some(route)) = (ctx.attempt_start, &ctx.route) {
+    if let (Some(start), Some(route)) = (ctx.attempt.started, &ctx.route) {
         let d = start.elapsed();
-        ctx.upstream_time += d;
+        ctx.attempt.upstream_time += d;
         let g = &route.upstream;
         g.latency
             .get_or_init(|| metrics.upstream.duration.with_label_values(&[&g.name]))
@@ -280,15 +324,15 @@ pub fn upstream_response(
         return Ok(());
     };
     if route.upstream.retry.covers(Reason::Status(status))
-        && ctx.attempts <= route.upstream.retry.attempts
+        && ctx.attempt.attempts <= route.upstream.retry.attempts
     {
         // decided in error_while_proxy, which also checks method, budget and backends left
         let would = idempotent(&s.req_header().method)
             && !s.as_ref().retry_buffer_truncated()
-            && ctx.tried.len() < route.upstream.backends.len();
+            && ctx.attempt.tried.len() < route.upstream.backends.len();
         if would {
-            ctx.retry_status = Some(status);
-            ctx.attempt_recorded = true;
+            ctx.attempt.retry_status = Some(status);
+            ctx.attempt.recorded = true;
             return Err(Error::explain(
                 ErrorType::HTTPStatus(status),
                 "retrying on another backend",

@@ -19,7 +19,7 @@
 
 use std::time::{Duration, SystemTime};
 
-use gatehouse_plugins::cache::CacheIntent;
+use gatehouse_plugins::api::CacheIntent;
 use http::header::{AUTHORIZATION, HOST, SET_COOKIE, VARY};
 use http::HeaderValue;
 use pingora_cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
@@ -31,6 +31,7 @@ use pingora_cache::{
     CacheKey, CacheMeta, CacheMetaDefaults, CachePhase, NoCacheReason, RespCacheable,
     VarianceBuilder,
 };
+use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
@@ -66,15 +67,33 @@ impl CacheRuntime {
     }
 }
 
+/// A request's cache state.
+#[derive(Default)]
+pub(crate) struct CacheState {
+    /// The route's cache intent, when caching is enabled for this request.
+    intent: Option<CacheIntent>,
+    /// Whether the response is being stored.
+    stored: bool,
+    /// The cache result, for metrics and the access log.
+    result: Option<&'static str>,
+}
+
+impl CacheState {
+    /// The cache result (`hit`, `miss`, ...) of a request on a caching route.
+    pub(crate) fn result(&self) -> Option<&'static str> {
+        self.result
+    }
+}
+
 /// Enables caching for this request when the route's `cache` plugin asked for it.
-pub fn request_cache_filter(rt: &CacheRuntime, s: &mut Session, ctx: &mut Ctx) {
+pub(super) fn request_cache_filter(rt: &CacheRuntime, s: &mut Session, ctx: &mut Ctx) {
     let Some(intent) = ctx.info.ext.get::<CacheIntent>() else {
         return;
     };
     s.cache
         .enable(rt.store, Some(rt.eviction), None, Some(rt.lock), None);
     s.cache.set_max_file_size_bytes(intent.max_object_size);
-    ctx.cache = Some(intent.clone());
+    ctx.cache.intent = Some(intent.clone());
 }
 
 /// `scheme://host:port/path?query`, lowercase host, explicit port.
@@ -118,7 +137,7 @@ fn split_host_port(host: &str, default_port: u16) -> (&str, u16) {
 }
 
 /// The cache key: method class + URL. Primary only; variants come from `cache_vary_filter`.
-pub fn cache_key(s: &Session) -> CacheKey {
+pub(super) fn cache_key(s: &Session) -> CacheKey {
     let port = s
         .server_addr()
         .and_then(|a| a.as_inet())
@@ -148,8 +167,12 @@ fn no_fresh(_: http::StatusCode) -> Option<Duration> {
 }
 
 /// Decides whether and how long the response may be stored.
-pub fn response_cache_filter(s: &Session, resp: &ResponseHeader, ctx: &mut Ctx) -> RespCacheable {
-    let Some(intent) = &ctx.cache else {
+pub(super) fn response_cache_filter(
+    s: &Session,
+    resp: &ResponseHeader,
+    ctx: &mut Ctx,
+) -> RespCacheable {
+    let Some(intent) = &ctx.cache.intent else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
     if resp.headers.contains_key(SET_COOKIE) {
@@ -213,13 +236,17 @@ pub fn response_cache_filter(s: &Session, resp: &ResponseHeader, ctx: &mut Ctx) 
     if let Some(c) = &cc {
         c.strip_private_headers(&mut header);
     }
-    ctx.cache_stored = true;
+    ctx.cache.stored = true;
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
 }
 
 /// The variance key: the configured headers plus the upstream's `Vary`.
-pub fn cache_vary_filter(meta: &CacheMeta, ctx: &Ctx, req: &RequestHeader) -> Option<HashBinary> {
-    let intent = ctx.cache.as_ref()?;
+pub(super) fn cache_vary_filter(
+    meta: &CacheMeta,
+    ctx: &Ctx,
+    req: &RequestHeader,
+) -> Option<HashBinary> {
+    let intent = ctx.cache.intent.as_ref()?;
     let mut names: Vec<String> = intent.vary.iter().map(|h| h.as_str().to_string()).collect();
     for v in meta.headers().get_all(VARY) {
         if let Ok(v) = v.to_str() {
@@ -256,22 +283,32 @@ pub fn cache_vary_filter(meta: &CacheMeta, ctx: &Ctx, req: &RequestHeader) -> Op
 }
 
 /// `Cache-Status` (RFC 9211) and the metric label for this response.
-pub fn status(s: &Session, ctx: &Ctx) -> Option<(HeaderValue, &'static str)> {
-    ctx.cache.as_ref()?;
-    let stored = if ctx.cache_stored { "; stored" } else { "" };
-    let (text, label): (String, &'static str) = match s.cache.phase() {
-        CachePhase::Hit => ("gatehouse; hit".into(), "hit"),
-        CachePhase::Stale | CachePhase::StaleUpdating => {
-            ("gatehouse; hit; detail=stale".into(), "stale")
+fn status(s: &Session, stored: bool) -> (&'static str, &'static str) {
+    match (s.cache.phase(), stored) {
+        (CachePhase::Hit, _) => ("gatehouse; hit", "hit"),
+        (CachePhase::Stale | CachePhase::StaleUpdating, _) => {
+            ("gatehouse; hit; detail=stale", "stale")
         }
-        CachePhase::Miss => (format!("gatehouse; fwd=miss{stored}"), "miss"),
-        CachePhase::Expired => (format!("gatehouse; fwd=stale{stored}"), "expired"),
-        CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_) => {
-            ("gatehouse; fwd=stale; fwd-status=304".into(), "revalidated")
+        (CachePhase::Miss, false) => ("gatehouse; fwd=miss", "miss"),
+        (CachePhase::Miss, true) => ("gatehouse; fwd=miss; stored", "miss"),
+        (CachePhase::Expired, false) => ("gatehouse; fwd=stale", "expired"),
+        (CachePhase::Expired, true) => ("gatehouse; fwd=stale; stored", "expired"),
+        (CachePhase::Revalidated | CachePhase::RevalidatedNoCache(_), _) => {
+            ("gatehouse; fwd=stale; fwd-status=304", "revalidated")
         }
-        _ => ("gatehouse; fwd=bypass".into(), "bypass"),
-    };
-    HeaderValue::from_str(&text).ok().map(|v| (v, label))
+        _ => ("gatehouse; fwd=bypass", "bypass"),
+    }
+}
+
+/// On a caching route: adds `Cache-Status` to the response and notes the result.
+pub(super) fn response_header(s: &Session, resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    if ctx.cache.intent.is_none() {
+        return Ok(());
+    }
+    let (value, label) = status(s, ctx.cache.stored);
+    resp.insert_header("cache-status", HeaderValue::from_static(value))?;
+    ctx.cache.result = Some(label);
+    Ok(())
 }
 
 #[cfg(test)]

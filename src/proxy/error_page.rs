@@ -9,38 +9,88 @@ use pingora_proxy::{FailToProxy, Session};
 use super::ctx::Ctx;
 use super::pipeline;
 
-/// The status and message for `e`; status 0 means the client is gone and nothing is written.
-pub fn classify(e: &Error) -> (u16, &'static str) {
+/// Why the gateway answered a request itself (or gave up on it): the reply's message and the
+/// access log's `error` field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Failure {
+    HeadTooLarge,
+    NoRoute,
+    BodyTooLarge,
+    RejectedByPlugin,
+    RouteTimeout,
+    NoHealthyBackend,
+    UpstreamConnectTimeout,
+    UpstreamTimeout,
+    UpstreamUnreachable,
+    BadUpstreamResponse,
+    RequestTimeout,
+    ClientClosed,
+    BadRequest,
+    GatewayError,
+    Internal,
+}
+
+impl Failure {
+    /// The message in the JSON reply and the access log.
+    pub(crate) fn as_str(self) -> &'static str {
+        match self {
+            Failure::HeadTooLarge => "request head too large",
+            Failure::NoRoute => "no route",
+            Failure::BodyTooLarge => "request body too large",
+            Failure::RejectedByPlugin => "rejected by plugin",
+            Failure::RouteTimeout => "route timeout",
+            Failure::NoHealthyBackend => "no healthy backend",
+            Failure::UpstreamConnectTimeout => "upstream connect timeout",
+            Failure::UpstreamTimeout => "upstream timeout",
+            Failure::UpstreamUnreachable => "upstream unreachable",
+            Failure::BadUpstreamResponse => "bad upstream response",
+            Failure::RequestTimeout => "request timeout",
+            Failure::ClientClosed => "client closed",
+            Failure::BadRequest => "bad request",
+            Failure::GatewayError => "gateway error",
+            Failure::Internal => "internal error",
+        }
+    }
+
+    /// The Pingora error that answers `status` with this failure's message.
+    pub(crate) fn error(self, status: u16) -> Box<Error> {
+        Error::explain(ErrorType::HTTPStatus(status), self.as_str())
+    }
+}
+
+/// The status and failure for `e`; status 0 means the client is gone and nothing is written.
+pub(crate) fn classify(e: &Error) -> (u16, Failure) {
     use ErrorType::*;
     match (e.etype(), e.esource()) {
-        (HTTPStatus(503), _) => (503, "no healthy backend"),
-        (HTTPStatus(413), _) => (413, "request body too large"),
-        (HTTPStatus(code), _) => (*code, "gateway error"),
-        (ConnectTimedout, _) | (TLSHandshakeTimedout, _) => (504, "upstream connect timeout"),
-        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, "upstream timeout"),
+        (HTTPStatus(503), _) => (503, Failure::NoHealthyBackend),
+        (HTTPStatus(413), _) => (413, Failure::BodyTooLarge),
+        (HTTPStatus(code), _) => (*code, Failure::GatewayError),
+        (ConnectTimedout, _) | (TLSHandshakeTimedout, _) => (504, Failure::UpstreamConnectTimeout),
+        (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, Failure::UpstreamTimeout),
         (ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError, _) => {
-            (502, "upstream unreachable")
+            (502, Failure::UpstreamUnreachable)
         }
-        (_, ErrorSource::Upstream) => (502, "bad upstream response"),
-        (ReadTimedout, ErrorSource::Downstream) => (408, "request timeout"),
+        (_, ErrorSource::Upstream) => (502, Failure::BadUpstreamResponse),
+        (ReadTimedout, ErrorSource::Downstream) => (408, Failure::RequestTimeout),
         (ReadError | WriteError | ConnectionClosed, ErrorSource::Downstream) => {
-            (0, "client closed")
+            (0, Failure::ClientClosed)
         }
-        (_, ErrorSource::Downstream) => (400, "bad request"),
-        _ => (500, "internal error"),
+        (_, ErrorSource::Downstream) => (400, Failure::BadRequest),
+        _ => (500, Failure::Internal),
     }
 }
 
 /// Answers a failed request (Pingora's `fail_to_proxy`).
-pub async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
-    let (code, message) = classify(e);
-    ctx.error.get_or_insert(message);
+pub(crate) async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+    let (code, failure) = classify(e);
+    // a failure the gateway named itself (route timeout, ...) keeps its name
+    let failure = *ctx.failure.get_or_insert(failure);
     // Pingora does not reuse the client connection after a proxy error (its reuse hint only
     // covers errors before a backend is chosen): say so instead of closing under the
     // client's next request
     s.set_keepalive(None);
     if code > 0 && s.response_written().is_none() {
-        if let Err(we) = pipeline::write_reply(s, Reply::error(code, message), ctx).await {
+        if let Err(we) = pipeline::write_reply(s, Reply::error(code, failure.as_str()), ctx).await {
             log::debug!("writing the error reply failed: {we}");
         }
     }

@@ -1,6 +1,6 @@
 //! Runs a route's plugin chain for each phase and writes gateway replies. Request hooks run in
 //! chain order; response hooks and logging in reverse, and only for the plugins whose request
-//! hook completed (`ctx.ran`), so a plugin that replied does not filter its own reply but the
+//! hook completed (`ChainState::ran`), so a plugin that replied does not filter its own reply but the
 //! plugins before it do (a 401 from `jwt` still gets CORS headers from an earlier `cors`).
 
 use bytes::Bytes;
@@ -11,20 +11,27 @@ use pingora_proxy::Session;
 
 use super::ctx::Ctx;
 
+type Slot = Option<Box<dyn std::any::Any + Send + Sync>>;
+
+/// The chain's per-request state: one private slot per plugin of the route's chain, and how
+/// many plugins' `request_filter` completed (the response hooks and logging run for those).
+#[derive(Default)]
+pub(crate) struct ChainState {
+    slots: Vec<Slot>,
+    ran: usize,
+}
+
 /// Runs the request hooks; `Some(reply)` when a plugin answered.
-pub async fn request_filter(s: &mut Session, ctx: &mut Ctx) -> Result<Option<Reply>> {
+pub(super) async fn request_filter(s: &mut Session, ctx: &mut Ctx) -> Result<Option<Reply>> {
     let Ctx {
-        route,
-        info,
-        slots,
-        ran,
-        ..
+        route, info, chain, ..
     } = ctx;
     let Some(route) = route else { return Ok(None) };
+    chain.slots.resize_with(route.chain.len(), || None);
     for (i, p) in route.chain.iter().enumerate() {
-        let mut cx = PluginCtx::new(info, &mut slots[i]);
+        let mut cx = PluginCtx::new(info, &mut chain.slots[i]);
         match p.request_filter(s, &mut cx).await? {
-            Flow::Continue => *ran = i + 1,
+            Flow::Continue => chain.ran = i + 1,
             Flow::Respond(reply) => return Ok(Some(reply)),
         }
     }
@@ -32,72 +39,60 @@ pub async fn request_filter(s: &mut Session, ctx: &mut Ctx) -> Result<Option<Rep
 }
 
 /// Runs the upstream-request hooks in chain order.
-pub async fn upstream_request_filter(
+pub(super) async fn upstream_request_filter(
     s: &mut Session,
     req: &mut RequestHeader,
     ctx: &mut Ctx,
 ) -> Result<()> {
     let Ctx {
-        route,
-        info,
-        slots,
-        ran,
-        ..
+        route, info, chain, ..
     } = ctx;
     let Some(route) = route else { return Ok(()) };
-    for (i, p) in route.chain.iter().enumerate().take(*ran) {
-        let mut cx = PluginCtx::new(info, &mut slots[i]);
+    for (i, p) in route.chain.iter().enumerate().take(chain.ran) {
+        let mut cx = PluginCtx::new(info, &mut chain.slots[i]);
         p.upstream_request_filter(s, req, &mut cx).await?;
     }
     Ok(())
 }
 
 /// Runs the response hooks in reverse order.
-pub async fn response_filter(
+pub(super) async fn response_filter(
     s: &mut Session,
     resp: &mut ResponseHeader,
     ctx: &mut Ctx,
 ) -> Result<()> {
     let Ctx {
-        route,
-        info,
-        slots,
-        ran,
-        ..
+        route, info, chain, ..
     } = ctx;
     let Some(route) = route else { return Ok(()) };
-    for i in (0..*ran).rev() {
-        let mut cx = PluginCtx::new(info, &mut slots[i]);
+    for i in (0..chain.ran).rev() {
+        let mut cx = PluginCtx::new(info, &mut chain.slots[i]);
         route.chain[i].response_filter(s, resp, &mut cx).await?;
     }
     Ok(())
 }
 
 /// Runs the logging hooks in reverse order.
-pub async fn logging(s: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+pub(super) async fn logging(s: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     let Ctx {
-        route,
-        info,
-        slots,
-        ran,
-        ..
+        route, info, chain, ..
     } = ctx;
     let Some(route) = route else { return };
-    for i in (0..*ran).rev() {
-        let mut cx = PluginCtx::new(info, &mut slots[i]);
+    for i in (0..chain.ran).rev() {
+        let mut cx = PluginCtx::new(info, &mut chain.slots[i]);
         route.chain[i].logging(s, e, &mut cx).await;
     }
 }
 
 /// The gateway's JSON error body: `{"error": message, "request_id": id}`.
-pub fn error_body(message: &str, request_id: &str) -> Bytes {
+fn error_body(message: &str, request_id: &str) -> Bytes {
     let v = serde_json::json!({ "error": message, "request_id": request_id });
     Bytes::from(v.to_string())
 }
 
 /// Writes a gateway reply: builds the head, runs the response hooks of the plugins that ran,
 /// adds `X-Request-Id`, writes head and body (no body for HEAD).
-pub async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Result<()> {
+pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Result<()> {
     let (body, content_type) = match reply.body {
         ReplyBody::Empty => (Bytes::new(), None),
         ReplyBody::Error(msg) => (

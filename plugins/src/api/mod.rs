@@ -5,6 +5,7 @@
 mod ctx;
 mod registry;
 mod reply;
+mod shared;
 pub mod testing;
 pub mod units;
 
@@ -15,8 +16,9 @@ pub use ctx::{PluginCtx, RequestInfo};
 pub use pingora_error::{Error, ErrorType, Result};
 pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use pingora_proxy::Session;
-pub use registry::{BuildEnv, BuildError, BuildResult, Registry};
+pub use registry::{BuildEnv, BuildError, BuildResult, PluginInstance, Registry};
 pub use reply::{Flow, Reply, ReplyBody};
+pub use shared::{CacheIntent, Claims, VerifiedClaims};
 
 /// A plugin instance, built once per config compile and shared by every request of the routes
 /// that list it. All hooks have defaults that do nothing, so a plugin implements only the phases
@@ -37,9 +39,6 @@ pub use reply::{Flow, Reply, ReplyBody};
 /// Hooks must not block: they run on the proxy's worker threads.
 #[async_trait]
 pub trait Plugin: Send + Sync + 'static {
-    /// The YAML name of this plugin (`jwt`, `cors`, ...), used in logs and metrics labels.
-    fn kind(&self) -> &'static str;
-
     /// See the trait contract. Default: `Flow::Continue`.
     async fn request_filter(&self, _s: &mut Session, _cx: &mut PluginCtx<'_>) -> Result<Flow> {
         Ok(Flow::Continue)

@@ -70,6 +70,30 @@ impl BuildEnv {
 
 type Factory = fn(serde_yaml::Value, &mut BuildEnv) -> BuildResult<Arc<dyn Plugin>>;
 
+/// A built plugin with the kind it was registered under (the registry knows each plugin's
+/// kind from [`PluginSpec::KIND`]; a plugin does not repeat it). Cheap to clone; derefs to the
+/// plugin.
+#[derive(Clone)]
+pub struct PluginInstance {
+    /// The YAML key it was built from (`jwt`, `cors`, ...).
+    pub kind: &'static str,
+    pub plugin: Arc<dyn Plugin>,
+}
+
+impl std::ops::Deref for PluginInstance {
+    type Target = dyn Plugin;
+    fn deref(&self) -> &(dyn Plugin + 'static) {
+        &*self.plugin
+    }
+}
+
+impl PluginInstance {
+    /// Whether `self` and `other` are the same instance.
+    pub fn same(&self, other: &PluginInstance) -> bool {
+        Arc::ptr_eq(&self.plugin, &other.plugin)
+    }
+}
+
 /// The known plugin kinds. Built once at startup; the config compiler looks each entry up by
 /// its YAML key. The built-in plugins are in `gatehouse_plugins::builtins()`.
 #[derive(Clone, Default)]
@@ -144,9 +168,12 @@ impl Registry {
         kind: &str,
         config: serde_yaml::Value,
         env: &mut BuildEnv,
-    ) -> BuildResult<Arc<dyn Plugin>> {
-        match self.factories.get(kind) {
-            Some((f, _)) => f(config, env),
+    ) -> BuildResult<PluginInstance> {
+        match self.factories.get_key_value(kind) {
+            Some((kind, (f, _))) => Ok(PluginInstance {
+                kind,
+                plugin: f(config, env)?,
+            }),
             None => Err(BuildError::new(format!(
                 "unknown plugin kind `{kind}` (known: {})",
                 self.kinds().join(", ")

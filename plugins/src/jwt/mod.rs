@@ -24,7 +24,7 @@
 //! keys of its algorithm only. Rejections are 401 with `WWW-Authenticate: Bearer
 //! error="invalid_token"`; unmet `claims` are 403. `forward_claims` headers are always removed
 //! from the client's request (any case, `_` or `-`) before the verified values are set.
-//! Verified claims are put in `RequestInfo::ext` as [`VerifiedClaims`].
+//! Verified claims are put in `RequestInfo::ext` as the API's `VerifiedClaims`.
 
 mod keys;
 mod source;
@@ -42,15 +42,11 @@ use serde_json::Value;
 
 use crate::api::{
     BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
-    RequestHeader, Result, Session,
+    RequestHeader, Result, Session, VerifiedClaims,
 };
 pub use keys::{parse_jwks, Key};
 pub use source::{KeyStore, REFRESH_COOLDOWN};
-pub use verify::{Claims, Reject, Rules, TokenCache, Validator, MAX_TOKEN_LEN};
-
-/// The claims of the verified token, for later plugins (`info.ext.get::<VerifiedClaims>()`).
-#[derive(Debug, Clone)]
-pub struct VerifiedClaims(pub Claims);
+pub use verify::{Reject, Rules, TokenCache, Validator, MAX_TOKEN_LEN};
 
 /// One configured key.
 #[derive(Debug, Deserialize)]
@@ -255,10 +251,6 @@ fn claim_header_value(v: &Value) -> Option<HeaderValue> {
 
 #[async_trait]
 impl Plugin for Jwt {
-    fn kind(&self) -> &'static str {
-        Self::KIND
-    }
-
     async fn request_filter(&self, s: &mut Session, cx: &mut PluginCtx<'_>) -> Result<Flow> {
         let Some(token) = self.extract(s) else {
             if self.required {

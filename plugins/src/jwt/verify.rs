@@ -16,7 +16,7 @@ use super::keys::Key;
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 
 /// Verified claims.
-pub type Claims = Arc<Map<String, Value>>;
+pub use crate::api::Claims;
 
 /// Why a token was rejected: a metric/log label and a short message for the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -4,9 +4,8 @@
 //! (rate-limit windows, JWKS key sets, caches).
 
 use std::collections::HashMap;
-use std::sync::Arc;
 
-use gatehouse_plugins::{BuildEnv, Plugin};
+use gatehouse_plugins::{BuildEnv, PluginInstance};
 
 use super::CompileEnv;
 use crate::config::error::Scope;
@@ -16,7 +15,7 @@ use crate::state::PluginKey;
 /// Builds the chains of one compile and remembers every instance by its key.
 pub(super) struct Chains<'e, 'a> {
     env: &'e CompileEnv<'a>,
-    pub(super) built: HashMap<PluginKey, Arc<dyn Plugin>>,
+    pub(super) built: HashMap<PluginKey, PluginInstance>,
 }
 
 impl<'e, 'a> Chains<'e, 'a> {
@@ -33,7 +32,7 @@ impl<'e, 'a> Chains<'e, 'a> {
         list: &[RawPlugin],
         route_id: Option<&str>,
         s: &mut Scope<'_>,
-    ) -> Vec<Arc<dyn Plugin>> {
+    ) -> Vec<PluginInstance> {
         let scope = route_id.map_or_else(|| "plugins".to_string(), |r| format!("routes:{r}"));
         list.iter()
             .enumerate()
@@ -49,7 +48,7 @@ impl<'e, 'a> Chains<'e, 'a> {
         scope: &str,
         route_id: Option<&str>,
         s: &mut Scope<'_>,
-    ) -> Option<Arc<dyn Plugin>> {
+    ) -> Option<PluginInstance> {
         let mut it = entry.iter();
         let (kind, cfg) = match (it.next(), it.next()) {
             (Some((serde_yaml::Value::String(k), v)), None) => (k.as_str(), v),
@@ -75,8 +74,8 @@ impl<'e, 'a> Chains<'e, 'a> {
             .count();
         let key: PluginKey = (scope.to_string(), kind.to_string(), text, occurrence);
         if let Some(prev) = self.env.previous.and_then(|p| p.plugins.get(&key)) {
-            self.built.insert(key, Arc::clone(prev));
-            return Some(Arc::clone(prev));
+            self.built.insert(key, prev.clone());
+            return Some(prev.clone());
         }
         let mut benv = BuildEnv {
             base_dir: self.env.base_dir.clone(),
@@ -89,7 +88,7 @@ impl<'e, 'a> Chains<'e, 'a> {
         }
         match built {
             Ok(p) => {
-                self.built.insert(key, Arc::clone(&p));
+                self.built.insert(key, p.clone());
                 Some(p)
             }
             Err(e) => {

@@ -5,7 +5,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 
-use gatehouse_plugins::Plugin;
+use gatehouse_plugins::PluginInstance;
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
@@ -27,7 +27,7 @@ pub(super) struct RouteEnv<'a> {
     /// `server.limits.max_body_size`.
     pub max_body_size: u64,
     /// The top-level chain.
-    pub global: Vec<Arc<dyn Plugin>>,
+    pub global: Vec<PluginInstance>,
     pub metrics: &'a crate::metrics::Metrics,
 }
 
@@ -105,8 +105,8 @@ fn upstream_host(v: &str, s: &mut Scope<'_>) -> UpstreamHost {
 }
 
 /// CORS preflights carry no token: a cors plugin after jwt answers them 401.
-fn warn_on_order(chain: &[Arc<dyn Plugin>], path: &str) {
-    let pos = |kind: &str| chain.iter().position(|p| p.kind() == kind);
+fn warn_on_order(chain: &[PluginInstance], path: &str) {
+    let pos = |kind: &str| chain.iter().position(|p| p.kind == kind);
     if let (Some(cors), Some(auth)) = (pos("cors"), pos("jwt")) {
         if cors > auth {
             log::warn!(

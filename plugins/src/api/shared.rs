@@ -1,0 +1,29 @@
+//! Request facts that one plugin produces and others (or the gateway) read through
+//! `RequestInfo::ext`. They live in the API so that plugins never import each other: the
+//! `jwt` plugin writes [`VerifiedClaims`], `rate_limit` reads them; the `cache` plugin writes a
+//! [`CacheIntent`], the gateway's cache phases read it.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+
+/// The claims of a token, as a JSON object.
+pub type Claims = Arc<serde_json::Map<String, serde_json::Value>>;
+
+/// The claims of the request's verified token (`info.ext.get::<VerifiedClaims>()`), set by
+/// the `jwt` plugin after the signature and every rule passed.
+#[derive(Debug, Clone)]
+pub struct VerifiedClaims(pub Claims);
+
+/// What the gateway's cache phases need to know about this route.
+#[derive(Debug, Clone)]
+pub struct CacheIntent {
+    pub default_ttl: Duration,
+    pub methods: Vec<Method>,
+    /// Lowercase request header names that split the cache, besides the upstream's `Vary`.
+    pub vary: Vec<HeaderName>,
+    pub max_object_size: usize,
+    pub stale_while_revalidate: Duration,
+    pub stale_if_error: Duration,
+}

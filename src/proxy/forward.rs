@@ -1,0 +1,163 @@
+//! What the gateway changes on the request it sends upstream (`upstream_request_filter`,
+//! before the plugins' hooks): the route's prefix stripped, `Host`, `X-Forwarded-For`,
+//! `-Proto` and `-Host` (a client's values kept only from a trusted proxy), `X-Request-Id`,
+//! `traceparent` (and `tracestate` only when the client's trace is continued), and for a cached
+//! route, the whole object asked for.
+
+use std::net::IpAddr;
+
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::RequestHeader;
+use pingora_proxy::Session;
+
+use super::ctx::Ctx;
+use super::trace;
+use crate::state::{Route, UpstreamHost};
+
+/// Rewrites `req` (going upstream) for the request's route.
+pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
+    let Some(route) = ctx.route.clone() else {
+        return Ok(());
+    };
+    strip_prefix(&route, req)?;
+    match &route.upstream_host {
+        UpstreamHost::Keep => {}
+        UpstreamHost::Backend => {
+            if let Some(b) = ctx.attempt.backend() {
+                req.insert_header(http::header::HOST, &*b.label)?;
+            }
+        }
+        UpstreamHost::Fixed(v) => req.insert_header(http::header::HOST, v.clone())?,
+    }
+    forwarded(s, req, ctx)?;
+    req.insert_header("x-request-id", ctx.request_id_value())?;
+    let traceparent = http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace()))
+        .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
+    req.insert_header("traceparent", traceparent)?;
+    if !ctx.trace().continued {
+        req.remove_header("tracestate");
+    }
+    if s.cache.enabled() {
+        // fetch the whole object: HEAD becomes GET, Range and If-* go, a revalidation asks
+        // with the stored validators
+        pingora_cache::filters::upstream::request_filter(req, s.cache.maybe_cache_meta());
+    }
+    Ok(())
+}
+
+/// `strip_prefix: true`: `/api/users?x` on a `/api` route goes up as `/users?x`.
+fn strip_prefix(route: &Route, req: &mut RequestHeader) -> Result<()> {
+    let Some(prefix) = &route.strip_prefix else {
+        return Ok(());
+    };
+    let Some(rest) = req.uri.path().strip_prefix(prefix.as_str()) else {
+        return Ok(());
+    };
+    let mut new = String::with_capacity(rest.len() + 1);
+    if !rest.starts_with('/') {
+        new.push('/');
+    }
+    new.push_str(rest);
+    if let Some(q) = req.uri.query() {
+        new.push('?');
+        new.push_str(q);
+    }
+    let uri = new.parse::<http::Uri>().map_err(|e| {
+        Error::because(
+            ErrorType::InternalError,
+            "strip_prefix produced a bad uri",
+            e,
+        )
+    })?;
+    req.set_uri(uri);
+    Ok(())
+}
+
+/// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host`.
+fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    let trusted_peer = ctx.snap.server.is_trusted(ctx.peer_ip);
+    let xff = upstream_forwarded_for(req.headers.get("x-forwarded-for"), ctx.peer_ip)
+        .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
+    req.insert_header("x-forwarded-for", xff)?;
+    if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
+        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
+    }
+    if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
+        if let Some(h) = s.req_header().headers.get(http::header::HOST).cloned() {
+            req.insert_header("x-forwarded-host", h)?;
+        }
+    }
+    Ok(())
+}
+
+/// The `X-Forwarded-For` sent upstream: the client's value (when it has one) with the
+/// connecting peer appended. Built in one buffer, no formatting machinery.
+fn upstream_forwarded_for(
+    prev: Option<&http::HeaderValue>,
+    peer: IpAddr,
+) -> Result<http::HeaderValue, http::header::InvalidHeaderValue> {
+    let prev = prev
+        .and_then(|v| v.to_str().ok())
+        .filter(|p| !p.trim().is_empty());
+    let mut v = Vec::with_capacity(prev.map_or(0, |p| p.len() + 2) + 39);
+    if let Some(p) = prev {
+        v.extend_from_slice(p.as_bytes());
+        v.extend_from_slice(b", ");
+    }
+    match peer {
+        IpAddr::V4(a) => {
+            for (i, octet) in a.octets().into_iter().enumerate() {
+                if i > 0 {
+                    v.push(b'.');
+                }
+                if octet >= 100 {
+                    v.push(b'0' + octet / 100);
+                }
+                if octet >= 10 {
+                    v.push(b'0' + (octet / 10) % 10);
+                }
+                v.push(b'0' + octet % 10);
+            }
+        }
+        IpAddr::V6(a) => {
+            use std::io::Write;
+            let _ = write!(v, "{a}");
+        }
+    }
+    http::HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    #[test]
+    fn upstream_forwarded_for_appends_the_peer() {
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "192.168.100.9",
+            "2001:db8::1",
+        ] {
+            let peer: IpAddr = ip.parse().unwrap();
+            assert_eq!(upstream_forwarded_for(None, peer).unwrap(), ip);
+            let prev = http::HeaderValue::from_static("203.0.113.7, 10.0.0.1");
+            assert_eq!(
+                upstream_forwarded_for(Some(&prev), peer).unwrap(),
+                format!("203.0.113.7, 10.0.0.1, {ip}").as_str()
+            );
+            let blank = http::HeaderValue::from_static("  ");
+            assert_eq!(upstream_forwarded_for(Some(&blank), peer).unwrap(), ip);
+        }
+        for n in 0..=255u8 {
+            let peer = IpAddr::V4(Ipv4Addr::new(n, 0, n, 9));
+            assert_eq!(
+                upstream_forwarded_for(None, peer).unwrap(),
+                peer.to_string().as_str()
+            );
+        }
+    }
+}

@@ -1,0 +1,71 @@
+//! The `logging` phase, after the response went out or the request failed: the route's
+//! metrics (requests, latency, sizes, plugin decisions, cache result) and the access log
+//! entry. [`crate::access_log`] is the writer and knows nothing of the request context; the
+//! entry is assembled here.
+
+use std::time::SystemTime;
+
+use pingora_proxy::Session;
+
+use super::ctx::Ctx;
+use super::Gateway;
+use crate::access_log::{Entry, Outcomes, Timestamp};
+
+/// The request's `Host` (header, or the authority of an absolute-form URI).
+pub(super) fn host_of(s: &Session) -> Option<&str> {
+    let req = s.req_header();
+    req.headers
+        .get(http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .or_else(|| req.uri.host())
+}
+
+/// Counts the finished request and writes its access log entry.
+pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
+    let status = s.response_written().map_or(0, |r| r.status.as_u16());
+    let elapsed = ctx.start.elapsed();
+    let method = &s.req_header().method;
+    match &ctx.route {
+        Some(r) => {
+            r.metrics.observe(method, status, elapsed.as_secs_f64());
+            r.metrics
+                .observe_sizes(ctx.body_bytes, s.body_bytes_sent() as u64);
+            for (plugin, result) in &ctx.info.outcomes {
+                r.metrics.outcome(&gw.metrics, plugin, result);
+            }
+            if let Some(result) = ctx.cache.result() {
+                r.metrics.outcome(&gw.metrics, "cache", result);
+            }
+        }
+        None => gw.unmatched.observe(method, status, elapsed.as_secs_f64()),
+    }
+    if !gw.access_log.enabled() {
+        return;
+    }
+    ctx.trace(); // made now if the client sent none: every entry has a trace id
+    let ctx = &*ctx;
+    let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
+    let req = s.req_header();
+    let route = ctx.route.as_deref();
+    let entry = Entry {
+        time: Timestamp(SystemTime::now()),
+        request_id: &ctx.info.request_id,
+        client_ip: ctx.info.client_ip,
+        method: req.method.as_str(),
+        host: host_of(s).unwrap_or(""),
+        path: req.uri.path(),
+        route: route.map_or("", |r| &r.id),
+        upstream: route.map_or("", |r| &r.upstream.name),
+        backend: ctx.attempt.backend().map_or("", |b| &b.label),
+        status,
+        bytes: s.body_bytes_sent(),
+        duration_ms: ms(elapsed),
+        error: ctx.failure.map(|f| f.as_str()),
+        plugins: Outcomes(&ctx.info.outcomes),
+        cache: ctx.cache.result(),
+        upstream_ms: ctx.attempt.upstream_time().map(ms),
+        retries: ctx.attempt.retries(),
+        trace_id: ctx.trace_id(),
+    };
+    gw.access_log.write(&entry);
+}
