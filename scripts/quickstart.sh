@@ -6,17 +6,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Pingora's zlib-ng builds with cmake: install it when missing (as root), as scripts/test.sh does
-if ! command -v cmake >/dev/null 2>&1; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "cmake is needed to build Pingora's zlib-ng; install it (apt-get install -y cmake) or run as root" >&2
-    exit 1
-  fi
-  echo "installing: cmake"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq cmake >/dev/null
-fi
+# Pingora's zlib-ng builds with cmake: installed when missing (as root), as scripts/test.sh does
+./scripts/install-missing.sh cmake
 
 cargo build --release --bin gatehouse --example demo_backend
 

@@ -2,24 +2,14 @@
 # Runs the whole test suite: installs what the tests need when it is missing (cmake for
 # Pingora's zlib-ng, Debian's chromium for the browser CORS test, prometheus for promtool
 # and a real scrape), runs every unit and
-# integration test, then checks every shipped config with `gatehouse check`.
+# integration test, then checks every shipped config with `gatehouse check` (and the custom
+# plugin example's config with that example).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-need=()
-command -v cmake >/dev/null 2>&1 || need+=(cmake)
-command -v chromium >/dev/null 2>&1 || need+=(chromium)       # tests/browser.rs
-command -v promtool >/dev/null 2>&1 || need+=(prometheus)     # tests/observability.rs
-if [ ${#need[@]} -gt 0 ]; then
-  if [ "$(id -u)" -ne 0 ]; then
-    echo "missing: ${need[*]}; install them (apt-get install -y ${need[*]}) or run as root" >&2
-    exit 1
-  fi
-  echo "installing: ${need[*]}"
-  export DEBIAN_FRONTEND=noninteractive
-  apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+# cmake: Pingora's zlib-ng; chromium: tests/browser.rs; prometheus: promtool and a real scrape
+# in tests/observability.rs
+./scripts/install-missing.sh cmake chromium promtool:prometheus
 
 cargo test --workspace
 
@@ -27,3 +17,5 @@ cargo build --bin gatehouse
 for f in $(find conf -name '*.yaml' -o -name '*.yml' | sort); do
   ./target/debug/gatehouse check -c "$f"
 done
+# a build with a plugin of its own checks its config through the same entry point
+cargo run -q --example custom_plugin -- check -c examples/custom_plugin.yaml

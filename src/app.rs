@@ -10,18 +10,19 @@ use log::info;
 use pingora_core::listeners::{L4BufferSettings, ListenerConfig};
 use pingora_core::server::configuration::{Opt, ServerConf};
 use pingora_core::server::{RunArgs, Server, ShutdownSignal, ShutdownSignalWatch};
-use pingora_core::services::background::background_service;
+use pingora_core::services::background::{background_service, GenBackgroundService};
 use pingora_core::services::listening::Service;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
+use crate::config::raw::RawServer;
 use crate::config::{self, ConfigErrors, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
 use crate::proxy::conn::Guarded;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader};
-use crate::state::SharedState;
+use crate::state::{SharedState, Snapshot};
 use crate::upstream::health::HealthSupervisor;
 
 /// Why the gateway could not start.
@@ -78,15 +79,96 @@ impl ShutdownSignalWatch for Signals {
     }
 }
 
+/// Fails before starting when a listener cannot be bound (Pingora would only panic in the
+/// service's thread and leave the process half up), and exits if one still fails (a race).
+fn check_listeners(server: &RawServer, admin: &str, upgrade: bool) -> Result<(), AppError> {
+    if !upgrade {
+        for addr in server.listen.iter().map(String::as_str).chain([admin]) {
+            std::net::TcpListener::bind(addr).map_err(|source| AppError::Listen {
+                addr: addr.to_string(),
+                source,
+            })?;
+        }
+    }
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        default_hook(info);
+        if info.to_string().contains("Failed to build listeners") {
+            log::error!("a listener could not be started; exiting");
+            std::process::exit(1);
+        }
+    }));
+    Ok(())
+}
+
+/// Pingora's server settings from `server:` (and the upstream pool sizes).
+fn server_conf(snap: &Snapshot) -> ServerConf {
+    let server = &snap.raw.server;
+    ServerConf {
+        threads: server.threads.map_or_else(
+            || std::thread::available_parallelism().map_or(1, |n| n.get()),
+            |n| n.get(),
+        ),
+        grace_period_seconds: Some(server.grace_period.0.as_secs_f64().ceil() as u64),
+        upgrade_sock: server.upgrade_sock.clone(),
+        work_stealing: server.work_stealing,
+        // Pingora keeps one pool of idle upstream connections per process
+        upstream_keepalive_pool_size: (snap.raw.upstreams.values())
+            .filter_map(|u| u.pool.as_ref().and_then(|p| p.max_idle))
+            .max()
+            .unwrap_or(128),
+        ..ServerConf::default()
+    }
+}
+
+/// The proxy service: Pingora's HTTP proxy over [`Gateway`], inside the connection guard,
+/// on every `server.listen` address.
+fn proxy_service(
+    server: &Server,
+    gateway: Gateway,
+    state: &Arc<SharedState>,
+    metrics: &Metrics,
+) -> Service<Guarded<pingora_proxy::HttpProxy<Gateway>>> {
+    let raw = &state.snapshot().raw.server;
+    let guarded = Guarded::new(
+        pingora_proxy::http_proxy(&server.configuration, gateway),
+        Arc::clone(state),
+        metrics.connections.active.with_label_values(&["proxy"]),
+        metrics.connections.accepted.with_label_values(&["proxy"]),
+    );
+    let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
+    // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);
+    // gatehouse serves plain HTTP: by default none, the HTTP parser reads straight from the
+    // socket into its own buffer (same syscalls, 16-64 KiB less per idle connection)
+    let read = usize::try_from(raw.read_buffer.0).unwrap_or(0);
+    for l in &raw.listen {
+        proxy
+            .add_listener(ListenerConfig::tcp(l).l4_buffer(L4BufferSettings::default().read(read)));
+    }
+    proxy
+}
+
+/// The health supervisor over the serving snapshot's groups; marks `state` ready.
+fn health_service(
+    state: &Arc<SharedState>,
+    metrics: &Arc<Metrics>,
+) -> GenBackgroundService<HealthSupervisor> {
+    let (groups, ready) = (Arc::clone(state), Arc::clone(state));
+    background_service(
+        "health",
+        HealthSupervisor::new(
+            move || groups.snapshot().upstreams.values().cloned().collect(),
+            move || ready.set_health_ready(),
+            Arc::clone(metrics),
+        ),
+    )
+}
+
 /// Starts the gateway on the config `loaded` from `opts.config` (read once, by the caller)
 /// with the plugins of `registry`, and blocks until it has shut down.
 pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), AppError> {
     // the latency buckets are part of the config: the metrics are made before compiling
-    let buckets = loaded
-        .raw
-        .server
-        .latency_buckets
-        .clone()
+    let buckets = (loaded.raw.server.latency_buckets.clone())
         .filter(|b| !b.is_empty())
         .unwrap_or_else(|| crate::metrics::DURATION_BUCKETS.to_vec());
     let metrics = Arc::new(Metrics::for_gateway(
@@ -98,27 +180,8 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     metrics.config.applied("startup", snapshot.version);
 
     let server_cfg = snapshot.raw.server.clone();
-    if !opts.upgrade {
-        // fail before starting when a listener cannot be bound (Pingora would only panic in
-        // the service's thread and leave the process half up)
-        let admin = snapshot.raw.admin.listen.clone();
-        for addr in server_cfg.listen.iter().chain(std::iter::once(&admin)) {
-            std::net::TcpListener::bind(addr).map_err(|source| AppError::Listen {
-                addr: addr.clone(),
-                source,
-            })?;
-        }
-    }
-    // ... and if one still fails (a race), do not keep running without it
-    let default_hook = std::panic::take_hook();
-    std::panic::set_hook(Box::new(move |info| {
-        default_hook(info);
-        if info.to_string().contains("Failed to build listeners") {
-            log::error!("a listener could not be started; exiting");
-            std::process::exit(1);
-        }
-    }));
     let admin_listen = snapshot.raw.admin.listen.clone();
+    check_listeners(&server_cfg, &admin_listen, opts.upgrade)?;
     let access_log = Arc::new(
         AccessLog::open(&server_cfg.access_log, metrics.access_log_dropped.clone()).map_err(
             |source| AppError::AccessLog {
@@ -127,34 +190,13 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
             },
         )?,
     );
-    let state = Arc::new(SharedState::new(snapshot));
-
-    let grace = server_cfg.grace_period.0.as_secs_f64().ceil() as u64;
-    let conf = ServerConf {
-        threads: server_cfg.threads.map_or_else(
-            || std::thread::available_parallelism().map_or(1, |n| n.get()),
-            |n| n.get(),
-        ),
-        grace_period_seconds: Some(grace),
-        upgrade_sock: server_cfg.upgrade_sock.clone(),
-        work_stealing: server_cfg.work_stealing,
-        // Pingora keeps one pool of idle upstream connections per process
-        upstream_keepalive_pool_size: state
-            .snapshot()
-            .raw
-            .upstreams
-            .values()
-            .filter_map(|u| u.pool.as_ref().and_then(|p| p.max_idle))
-            .max()
-            .unwrap_or(128),
-        ..ServerConf::default()
-    };
     let opt = Opt {
         upgrade: opts.upgrade,
         ..Opt::default()
     };
-    let mut server = Server::new_with_opt_and_conf(opt, conf);
+    let mut server = Server::new_with_opt_and_conf(opt, server_conf(&snapshot));
     server.bootstrap();
+    let state = Arc::new(SharedState::new(snapshot));
 
     let cache = CacheRuntime::new(
         usize::try_from(server_cfg.cache.max_size.0).unwrap_or(usize::MAX),
@@ -173,21 +215,6 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
         Arc::clone(&metrics),
         Arc::clone(&access_log),
     );
-    let guarded = Guarded::new(
-        pingora_proxy::http_proxy(&server.configuration, gateway),
-        Arc::clone(&state),
-        metrics.connections.active.with_label_values(&["proxy"]),
-        metrics.connections.accepted.with_label_values(&["proxy"]),
-    );
-    let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
-    for l in &server_cfg.listen {
-        // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);
-        // gatehouse serves plain HTTP: by default none, the HTTP parser reads straight from
-        // the socket into its own buffer (same syscalls, 16-64 KiB less per idle connection)
-        let read = usize::try_from(server_cfg.read_buffer.0).unwrap_or(0);
-        proxy
-            .add_listener(ListenerConfig::tcp(l).l4_buffer(L4BufferSettings::default().read(read)));
-    }
     let mut admin = Service::new(
         "gatehouse admin".to_string(),
         AdminApp {
@@ -199,28 +226,15 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     );
     admin.threads = Some(1);
     admin.add_tcp(&admin_listen);
-    let health = background_service(
-        "health",
-        HealthSupervisor::new(
-            {
-                let state = Arc::clone(&state);
-                move || state.snapshot().upstreams.values().cloned().collect()
-            },
-            {
-                let state = Arc::clone(&state);
-                move || state.set_health_ready()
-            },
-            Arc::clone(&metrics),
-        ),
-    );
-    server.add_service(proxy);
+    server.add_service(proxy_service(&server, gateway, &state, &metrics));
     server.add_service(admin);
-    server.add_service(health);
+    server.add_service(health_service(&state, &metrics));
+    let watch_file = server_cfg.watch_config;
     server.add_service(background_service(
         "reload",
         ReloadService {
             reloader,
-            watch_file: server_cfg.watch_config,
+            watch_file,
         },
     ));
     info!(

@@ -8,7 +8,11 @@ medians. CPU time per request is the proxy process's utime+stime from /proc/PID/
 after a run, divided by the requests served: far steadier than req/s on a shared machine.
 
 Usage: benches/load/compare.py [--duration 5] [--repeat 3] [--connections 64] [--idle 1000]
+                               [--baseline PATH]
 Needs: nginx and wrk (Debian packages), a release build of gatehouse (built if missing).
+--baseline adds the three gatehouse rows again for another gatehouse binary (e.g. a release
+build of the previous commit), measured in the same interleaved runs: a change is judged
+against its own baseline on this noisy machine, not against an old table.
 """
 import argparse
 import base64
@@ -204,6 +208,7 @@ def main():
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--idle", type=int, default=1000)
+    ap.add_argument("--baseline", help="another gatehouse binary to measure beside this one")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
@@ -239,16 +244,22 @@ def main():
             procs.append(p)
             proxies["bare Pingora (reference)"] = (p, port, [])
         token = jwt()
-        for name, chain, log in [("gatehouse (no plugins)", "none", "off"),
-                                 ("gatehouse (full chain)", "full", f"{tmp}/access.log"),
-                                 ("gatehouse (cache hits)", "cache", "off")]:
+        builds = [("gatehouse", binary)]
+        if args.baseline:
+            builds.append(("baseline", os.path.abspath(args.baseline)))
+        rows = [(f"{label} ({what})", exe, chain, log)
+                for label, exe in builds
+                for what, chain, log in [("no plugins", "none", "off"),
+                                         ("full chain", "full", f"{tmp}/{label}-access.log"),
+                                         ("cache hits", "cache", "off")]]
+        for name, exe, chain, log in rows:
             port, admin = free_port(), free_port()
-            cfg = f"{tmp}/{chain}.yaml"
+            cfg = f"{tmp}/{name.split()[0]}-{chain}.yaml"
             with open(cfg, "w") as f:
                 f.write(gatehouse_config(port, admin, backend_port, chain, log))
             env = dict(os.environ, RUST_LOG="warn")
-            p = subprocess.Popen(["taskset", "-c", "0", binary, "run", "-c", cfg], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/{chain}.err", "w"))
+            p = subprocess.Popen(["taskset", "-c", "0", exe, "run", "-c", cfg], env=env,
+                                 stdout=subprocess.DEVNULL, stderr=open(f"{cfg}.err", "w"))
             procs.append(p)
             headers = []
             if chain == "full":

@@ -19,7 +19,7 @@ use async_trait::async_trait;
 use http::{HeaderName, Method};
 use serde::Deserialize;
 
-use crate::api::units::{duration_at, parse_size};
+use crate::api::units::{Dur, NonZeroSize};
 use crate::api::{
     BuildEnv, BuildError, BuildResult, CacheIntent, DecisionMetric, Flow, Plugin, PluginCtx,
     PluginSpec, Result, Session,
@@ -29,18 +29,25 @@ use crate::api::{
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CacheConfig {
-    #[serde(default)]
-    default_ttl: Option<String>,
+    #[serde(default = "default_ttl")]
+    default_ttl: Dur,
     #[serde(default)]
     methods: Option<Vec<String>>,
     #[serde(default)]
     vary: Vec<String>,
+    #[serde(default = "default_max_object")]
+    max_object_size: NonZeroSize,
     #[serde(default)]
-    max_object_size: Option<String>,
+    stale_while_revalidate: Dur,
     #[serde(default)]
-    stale_while_revalidate: Option<String>,
-    #[serde(default)]
-    stale_if_error: Option<String>,
+    stale_if_error: Dur,
+}
+
+fn default_ttl() -> Dur {
+    Dur(Duration::from_secs(60))
+}
+fn default_max_object() -> NonZeroSize {
+    NonZeroSize(1 << 20)
 }
 
 /// The `cache` plugin.
@@ -68,10 +75,6 @@ impl PluginSpec for Cache {
     type Config = CacheConfig;
 
     fn build(c: CacheConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
-        let dur = |v: &Option<String>, field: &str, default: Duration| match v {
-            Some(s) => duration_at(s, field),
-            None => Ok(default),
-        };
         let mut methods = Vec::new();
         for (i, m) in c
             .methods
@@ -98,22 +101,14 @@ impl PluginSpec for Cache {
         }
         vary.sort_by(|a, b| a.as_str().cmp(b.as_str()));
         vary.dedup();
-        let max_object_size = match &c.max_object_size {
-            Some(s) => parse_size(s).map_err(|e| BuildError::at("max_object_size", e))?,
-            None => 1 << 20,
-        };
         Ok(Cache {
             intent: CacheIntent {
-                default_ttl: dur(&c.default_ttl, "default_ttl", Duration::from_secs(60))?,
+                default_ttl: c.default_ttl.0,
                 methods,
                 vary,
-                max_object_size: usize::try_from(max_object_size).unwrap_or(usize::MAX),
-                stale_while_revalidate: dur(
-                    &c.stale_while_revalidate,
-                    "stale_while_revalidate",
-                    Duration::ZERO,
-                )?,
-                stale_if_error: dur(&c.stale_if_error, "stale_if_error", Duration::ZERO)?,
+                max_object_size: usize::try_from(c.max_object_size.0).unwrap_or(usize::MAX),
+                stale_while_revalidate: c.stale_while_revalidate.0,
+                stale_if_error: c.stale_if_error.0,
             },
         })
     }

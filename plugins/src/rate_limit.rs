@@ -44,6 +44,7 @@ use http::{HeaderName, HeaderValue};
 use pingora_limits::rate::Rate;
 use serde::Deserialize;
 
+use crate::api::units::Dur;
 use crate::api::{
     BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
     ResponseHeader, Result, Session, VerifiedClaims,
@@ -56,7 +57,7 @@ pub struct RateLimitConfig {
     #[serde(default = "default_key")]
     key: String,
     requests: u64,
-    per: String,
+    per: Dur,
     #[serde(default)]
     missing_key: Missing,
     #[serde(default = "default_status")]
@@ -256,7 +257,7 @@ impl PluginSpec for RateLimit {
         if c.requests == 0 {
             return Err(BuildError::at("requests", "must be at least 1"));
         }
-        let per = crate::api::units::duration_at(&c.per, "per")?;
+        let per = c.per.0;
         if per < Duration::from_secs(1) || per > Duration::from_secs(86_400) {
             return Err(BuildError::at("per", "must be between 1s and 24h"));
         }

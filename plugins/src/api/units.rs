@@ -134,11 +134,6 @@ pub fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v as u64)
 }
 
-/// [`parse_duration`] with a plugin config error naming `field`.
-pub fn duration_at(s: &str, field: &str) -> Result<Duration, super::BuildError> {
-    parse_duration(s).map_err(|e| super::BuildError::at(field, e))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -40,6 +40,7 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 use serde_json::Value;
 
+use crate::api::units::Dur;
 use crate::api::{
     BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
     RequestHeader, Result, Session, VerifiedClaims,
@@ -87,14 +88,14 @@ pub struct JwtConfig {
     jwks_file: Option<String>,
     #[serde(default)]
     jwks_url: Option<String>,
-    #[serde(default)]
-    jwks_refresh: Option<String>,
+    #[serde(default = "default_refresh")]
+    jwks_refresh: Dur,
     #[serde(default)]
     issuer: Option<String>,
     #[serde(default)]
     audience: Option<OneOrMany>,
-    #[serde(default)]
-    leeway: Option<String>,
+    #[serde(default = "default_leeway")]
+    leeway: Dur,
     #[serde(default = "yes")]
     required: bool,
     #[serde(default)]
@@ -108,6 +109,12 @@ pub struct JwtConfig {
     cache_size: usize,
 }
 
+fn default_refresh() -> Dur {
+    Dur(Duration::from_secs(600))
+}
+fn default_leeway() -> Dur {
+    Dur(Duration::from_secs(30))
+}
 fn yes() -> bool {
     true
 }
@@ -337,50 +344,7 @@ impl PluginSpec for Jwt {
     type Config = JwtConfig;
 
     fn build(c: JwtConfig, env: &mut BuildEnv) -> BuildResult<Self> {
-        let mut fixed = Vec::new();
-        for (i, k) in c.keys.iter().enumerate() {
-            let p = format!("keys[{i}]");
-            let alg = keys::parse_alg(&k.algorithm)
-                .map_err(|e| BuildError::at(format!("{p}.algorithm"), e))?;
-            let key = match (&k.secret, &k.public_key_file, keys::is_asymmetric(alg)) {
-                (Some(secret), None, false) => {
-                    if secret.len() < 32 {
-                        env.warn(format!("{p}: an HMAC secret shorter than 32 bytes is weak"));
-                    }
-                    if secret.is_empty() {
-                        return Err(BuildError::at(format!("{p}.secret"), "empty secret"));
-                    }
-                    jsonwebtoken::DecodingKey::from_secret(secret.as_bytes())
-                }
-                (None, Some(file), true) => keys::load_pem(alg, &env.resolve(file))
-                    .map_err(|e| BuildError::at(format!("{p}.public_key_file"), e))?,
-                (_, _, false) => {
-                    return Err(BuildError::at(
-                        &p,
-                        format!("{alg:?} needs `secret` (and no public_key_file)"),
-                    ))
-                }
-                (_, _, true) => {
-                    return Err(BuildError::at(
-                        &p,
-                        format!("{alg:?} needs `public_key_file` (and no secret)"),
-                    ))
-                }
-            };
-            if let Some(kid) = &k.kid {
-                if c.keys[..i].iter().any(|o| o.kid.as_deref() == Some(kid)) {
-                    return Err(BuildError::at(
-                        format!("{p}.kid"),
-                        format!("duplicate kid `{kid}`"),
-                    ));
-                }
-            }
-            fixed.push(Arc::new(Key {
-                kid: k.kid.clone(),
-                alg,
-                key,
-            }));
-        }
+        let fixed = fixed_keys(&c.keys, env)?;
         let jwks_path: Option<PathBuf> = c.jwks_file.as_deref().map(|f| env.resolve(f));
         let mut jwks = Vec::new();
         if let Some(path) = &jwks_path {
@@ -400,58 +364,13 @@ impl PluginSpec for Jwt {
         if fixed.is_empty() && jwks_path.is_none() && c.jwks_url.is_none() {
             return Err(BuildError::new("needs `keys`, `jwks_file` or `jwks_url`"));
         }
-        let refresh = match &c.jwks_refresh {
-            Some(s) => crate::api::units::duration_at(s, "jwks_refresh")?,
-            None => Duration::from_secs(600),
-        };
+        let refresh = c.jwks_refresh.0;
         if refresh < Duration::from_secs(1) {
             return Err(BuildError::at("jwks_refresh", "must be at least 1s"));
         }
-        let leeway = match &c.leeway {
-            Some(s) => crate::api::units::duration_at(s, "leeway")?,
-            None => Duration::from_secs(30),
-        };
-        let mut sources = Vec::new();
-        for (i, s) in c
-            .token_from
-            .clone()
-            .unwrap_or_else(|| vec!["header:Authorization".into()])
-            .iter()
-            .enumerate()
-        {
-            let p = format!("token_from[{i}]");
-            let src = match s.split_once(':') {
-                Some(("header", h)) if h.eq_ignore_ascii_case("authorization") => {
-                    TokenSource::Bearer
-                }
-                Some(("header", h)) => TokenSource::Header(
-                    HeaderName::from_bytes(h.as_bytes())
-                        .map_err(|_| BuildError::at(&p, format!("invalid header name `{h}`")))?,
-                ),
-                Some(("cookie", n)) if !n.is_empty() => TokenSource::Cookie(n.to_string()),
-                Some(("query", n)) if !n.is_empty() => TokenSource::Query(n.to_string()),
-                _ => {
-                    return Err(BuildError::at(
-                        &p,
-                        format!("`{s}`: use header:<Name>, cookie:<name> or query:<name>"),
-                    ))
-                }
-            };
-            sources.push(src);
-        }
-        if sources.is_empty() {
-            return Err(BuildError::at("token_from", "needs at least one source"));
-        }
-        let mut forward = Vec::new();
-        for (claim, header) in &c.forward_claims {
-            let h = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
-                BuildError::at(
-                    format!("forward_claims.{claim}"),
-                    format!("invalid header name `{header}`"),
-                )
-            })?;
-            forward.push((claim.clone(), h));
-        }
+        let leeway = c.leeway.0;
+        let sources = token_sources(c.token_from.as_deref())?;
+        let forward = forward_headers(&c.forward_claims)?;
         let forward_norm = forward.iter().map(|(_, h)| normalize(h.as_str())).collect();
         let claims = c
             .claims
@@ -475,7 +394,7 @@ impl PluginSpec for Jwt {
             // startup must not keep the gateway down: the watcher keeps trying
             match source::fetch_jwks(url, Duration::from_secs(3)) {
                 Ok(k) => initial_url_keys = k,
-                Err(e) => log::warn!("jwks_url: {e}; will retry every {refresh:?}"),
+                Err(e) => env.warn(format!("jwks_url: {e}; will retry every {refresh:?}")),
             }
         }
         jwks.extend(initial_url_keys);
@@ -500,6 +419,99 @@ impl PluginSpec for Jwt {
             has_url: c.jwks_url.is_some(),
         })
     }
+}
+
+/// The configured `keys`, each with its algorithm pinned.
+fn fixed_keys(list: &[RawKey], env: &mut BuildEnv) -> BuildResult<Vec<Arc<Key>>> {
+    let mut fixed = Vec::with_capacity(list.len());
+    for (i, k) in list.iter().enumerate() {
+        let p = format!("keys[{i}]");
+        let alg = keys::parse_alg(&k.algorithm)
+            .map_err(|e| BuildError::at(format!("{p}.algorithm"), e))?;
+        let key = match (&k.secret, &k.public_key_file, keys::is_asymmetric(alg)) {
+            (Some(secret), None, false) => {
+                if secret.is_empty() {
+                    return Err(BuildError::at(format!("{p}.secret"), "empty secret"));
+                }
+                if secret.len() < 32 {
+                    env.warn(format!("{p}: an HMAC secret shorter than 32 bytes is weak"));
+                }
+                jsonwebtoken::DecodingKey::from_secret(secret.as_bytes())
+            }
+            (None, Some(file), true) => keys::load_pem(alg, &env.resolve(file))
+                .map_err(|e| BuildError::at(format!("{p}.public_key_file"), e))?,
+            (_, _, asymmetric) => {
+                let needs = if asymmetric {
+                    "`public_key_file` (and no secret)"
+                } else {
+                    "`secret` (and no public_key_file)"
+                };
+                return Err(BuildError::at(&p, format!("{alg:?} needs {needs}")));
+            }
+        };
+        if let Some(kid) = &k.kid {
+            if list[..i].iter().any(|o| o.kid.as_deref() == Some(kid)) {
+                return Err(BuildError::at(
+                    format!("{p}.kid"),
+                    format!("duplicate kid `{kid}`"),
+                ));
+            }
+        }
+        fixed.push(Arc::new(Key {
+            kid: k.kid.clone(),
+            alg,
+            key,
+        }));
+    }
+    Ok(fixed)
+}
+
+/// `token_from` (default: the `Authorization: Bearer` header).
+fn token_sources(list: Option<&[String]>) -> BuildResult<Vec<TokenSource>> {
+    let Some(list) = list else {
+        return Ok(vec![TokenSource::Bearer]);
+    };
+    if list.is_empty() {
+        return Err(BuildError::at("token_from", "needs at least one source"));
+    }
+    list.iter()
+        .enumerate()
+        .map(|(i, s)| {
+            let p = format!("token_from[{i}]");
+            Ok(match s.split_once(':') {
+                Some(("header", h)) if h.eq_ignore_ascii_case("authorization") => {
+                    TokenSource::Bearer
+                }
+                Some(("header", h)) => TokenSource::Header(
+                    HeaderName::from_bytes(h.as_bytes())
+                        .map_err(|_| BuildError::at(&p, format!("invalid header name `{h}`")))?,
+                ),
+                Some(("cookie", n)) if !n.is_empty() => TokenSource::Cookie(n.to_string()),
+                Some(("query", n)) if !n.is_empty() => TokenSource::Query(n.to_string()),
+                _ => {
+                    return Err(BuildError::at(
+                        &p,
+                        format!("`{s}`: use header:<Name>, cookie:<name> or query:<name>"),
+                    ))
+                }
+            })
+        })
+        .collect()
+}
+
+/// `forward_claims`: claim -> header sent upstream.
+fn forward_headers(map: &BTreeMap<String, String>) -> BuildResult<Vec<(String, HeaderName)>> {
+    map.iter()
+        .map(|(claim, header)| {
+            let h = HeaderName::from_bytes(header.as_bytes()).map_err(|_| {
+                BuildError::at(
+                    format!("forward_claims.{claim}"),
+                    format!("invalid header name `{header}`"),
+                )
+            })?;
+            Ok((claim.clone(), h))
+        })
+        .collect()
 }
 
 #[cfg(test)]

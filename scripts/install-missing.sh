@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Installs the Debian packages whose commands are missing: each argument is `command:package`
+# (or just `name` when both are the same). As root it runs apt-get; otherwise it names what to
+# install and fails.
+set -euo pipefail
+need=()
+for pair in "$@"; do
+  cmd=${pair%%:*}
+  pkg=${pair#*:}
+  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+done
+[ ${#need[@]} -eq 0 ] && exit 0
+if [ "$(id -u)" -ne 0 ]; then
+  echo "missing: ${need[*]}; install them (apt-get install -y ${need[*]}) or run as root" >&2
+  exit 1
+fi
+echo "installing: ${need[*]}"
+export DEBIAN_FRONTEND=noninteractive
+apt-get update -qq
+apt-get install -y -qq "${need[@]}" >/dev/null
