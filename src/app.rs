@@ -177,6 +177,7 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     )?);
     let snapshot = config::compile_loaded(&opts.config, loaded, &registry, &metrics, None)?;
     crate::reload::sync_series(&metrics, None, &snapshot);
+    crate::reload::start_plugins(None, &snapshot);
     metrics.config.applied("startup", snapshot.version);
 
     let server_cfg = snapshot.raw.server.clone();

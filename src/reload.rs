@@ -209,7 +209,19 @@ pub(crate) fn publish(
     let prev = state.snapshot();
     cache.set_max_size(usize::try_from(next.raw.server.cache.max_size.0).unwrap_or(usize::MAX));
     sync_series(metrics, Some(&prev), &next);
+    start_plugins(Some(&prev), &next);
     state.publish(next);
+}
+
+/// Tells the plugin instances that are new in `next` that they serve from now on (they start
+/// their background work); instances reused from `prev` were told when they first served.
+pub(crate) fn start_plugins(prev: Option<&Snapshot>, next: &Snapshot) {
+    let id = |p: &gatehouse_plugins::PluginInstance| Arc::as_ptr(&p.plugin).cast::<()>() as usize;
+    let known: HashSet<usize> =
+        prev.map_or_else(HashSet::new, |prev| prev.plugins.values().map(id).collect());
+    for p in next.plugins.values().filter(|p| !known.contains(&id(p))) {
+        p.published();
+    }
 }
 
 /// Brings the labelled series in line with `next` (and away from what of `prev` left).

@@ -5,6 +5,8 @@
 
 use std::time::SystemTime;
 
+use gatehouse_plugins::cache::Cache;
+use gatehouse_plugins::PluginSpec;
 use pingora_proxy::Session;
 
 use super::ctx::Ctx;
@@ -34,7 +36,8 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
                 r.metrics.outcome(&gw.metrics, plugin, result);
             }
             if let Some(result) = ctx.cache.result() {
-                r.metrics.outcome(&gw.metrics, "cache", result);
+                // counted as decisions of the route's cache plugin
+                r.metrics.outcome(&gw.metrics, Cache::KIND, result);
             }
         }
         None => gw.unmatched.observe(method, status, elapsed.as_secs_f64()),

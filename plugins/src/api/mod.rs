@@ -66,6 +66,13 @@ pub trait Plugin: Send + Sync + 'static {
 
     /// See the trait contract. Default: nothing.
     async fn logging(&self, _s: &mut Session, _e: Option<&Error>, _cx: &mut PluginCtx<'_>) {}
+
+    /// Called once when the first config containing this instance starts serving (at
+    /// startup, or when a reload is published); an instance that later reloads keep is not
+    /// called again. Start background work (file watchers, refreshers) here, never in
+    /// [`PluginSpec::build`]: a reload can be rejected after its plugins were built, and
+    /// those instances are then dropped without ever serving. Default: nothing.
+    fn published(&self) {}
 }
 
 /// A plugin that can be built from its YAML config. Implementing this (instead of writing a

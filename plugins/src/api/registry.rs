@@ -87,13 +87,6 @@ impl std::ops::Deref for PluginInstance {
     }
 }
 
-impl PluginInstance {
-    /// Whether `self` and `other` are the same instance.
-    pub fn same(&self, other: &PluginInstance) -> bool {
-        Arc::ptr_eq(&self.plugin, &other.plugin)
-    }
-}
-
 /// The known plugin kinds. Built once at startup; the config compiler looks each entry up by
 /// its YAML key. The built-in plugins are in `gatehouse_plugins::builtins()`.
 #[derive(Clone, Default)]

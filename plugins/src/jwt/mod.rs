@@ -143,6 +143,9 @@ pub struct Jwt {
     /// normalized (lowercase, `_` -> `-`) names of the forwarded headers
     forward_norm: Vec<String>,
     has_url: bool,
+    /// What the key watcher follows; started once, when the instance is published.
+    watch: Option<(Option<PathBuf>, Option<String>, Duration)>,
+    watching: std::sync::Once,
 }
 
 fn normalize(name: &str) -> String {
@@ -333,6 +336,14 @@ impl Plugin for Jwt {
         }
         Ok(())
     }
+
+    fn published(&self) {
+        if let Some((file, url, refresh)) = &self.watch {
+            self.watching.call_once(|| {
+                source::spawn_watcher(&self.store, file.clone(), url.clone(), *refresh)
+            });
+        }
+    }
 }
 
 impl PluginSpec for Jwt {
@@ -402,7 +413,6 @@ impl PluginSpec for Jwt {
             fixed,
             jwks.into_iter().map(Arc::new).collect(),
         ));
-        source::spawn_watcher(&store, jwks_path, c.jwks_url.clone(), refresh);
         Ok(Jwt {
             store,
             validator: Validator::new(verify::Rules {
@@ -417,6 +427,9 @@ impl PluginSpec for Jwt {
             forward,
             forward_norm,
             has_url: c.jwks_url.is_some(),
+            watch: (jwks_path.is_some() || c.jwks_url.is_some())
+                .then(|| (jwks_path, c.jwks_url.clone(), refresh)),
+            watching: std::sync::Once::new(),
         })
     }
 }

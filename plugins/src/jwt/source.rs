@@ -1,7 +1,8 @@
 //! Where the keys come from, and keeping them fresh: configured keys never change; a JWKS file
 //! is re-read when it changes; a JWKS URL is fetched every `jwks_refresh` and, on demand, when a
 //! token names an unknown `kid` (at most once per cooldown). One background thread per plugin
-//! instance does both, single-flight; it ends when the instance is dropped (after a reload).
+//! instance does both, single-flight; it starts when the instance is published (never for an
+//! instance of a rejected reload) and ends when the instance is dropped (after a reload).
 //! A refresh that fails keeps the last good key set.
 
 use std::path::PathBuf;

@@ -21,7 +21,9 @@ fn build(yaml: &str) -> Jwt {
         base_dir: keys_dir(),
         ..BuildEnv::default()
     };
-    crate::api::testing::build_with(yaml, &mut env).unwrap()
+    let p: Jwt = crate::api::testing::build_with(yaml, &mut env).unwrap();
+    p.published();
+    p
 }
 
 fn now() -> u64 {

@@ -93,3 +93,98 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         raw,
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_tree;
+
+    fn compile_text(yaml: &str, previous: Option<&Snapshot>) -> Result<Snapshot, Vec<String>> {
+        let (raw, _) = parse_tree(yaml, &|_| None).unwrap();
+        let registry = gatehouse_plugins::builtins();
+        let metrics = Metrics::new().unwrap();
+        let env = CompileEnv {
+            registry: &registry,
+            metrics: &metrics,
+            base_dir: PathBuf::from("."),
+            previous,
+            version: previous.map_or(1, |p| p.version + 1),
+        };
+        compile(raw, &env).map_err(|e| e.iter().map(ToString::to_string).collect())
+    }
+
+    const BASE: &str = "upstreams:\n  up:\n    backends: [\"127.0.0.1:1\"]\n";
+
+    #[test]
+    fn plugin_errors_carry_the_entry_path() {
+        let errs = compile_text(
+            &format!(
+                "{BASE}plugins:\n  - {{ headers: {{}}, cors: {{}} }}\nroutes:\n  - id: r\n    upstream: up\n    plugins:\n      - nope: {{}}\n      - rate_limit: {{ requests: 0, per: 1s }}\n      - cache: {{ default_ttl: soon }}\n"
+            ),
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            errs,
+            [
+                "plugins[0]: a plugin entry is a mapping with one key, its kind: `- headers: {...}`",
+                "routes[0].plugins[0].nope: unknown plugin kind `nope` (known: access, cache, cors, headers, jwt, rate_limit)",
+                "routes[0].plugins[1].rate_limit.requests: must be at least 1",
+                "routes[0].plugins[2].cache.default_ttl: invalid duration `soon`: write a number and a unit (ms, s, m, h, d), e.g. \"10s\"",
+            ]
+        );
+    }
+
+    #[test]
+    fn route_errors_and_unknown_upstreams() {
+        let errs = compile_text(
+            &format!(
+                "{BASE}  bad:\n    backends: []\nroutes:\n  - {{ id: a, upstream: nope }}\n  - {{ id: a, upstream: bad }}\n  - {{ id: c, upstream: up, strip_prefix: true, match: {{ path_exact: /x }} }}\n"
+            ),
+            None,
+        )
+        .err()
+        .unwrap();
+        assert_eq!(
+            errs,
+            [
+                "upstreams.bad.backends: needs at least one backend",
+                "routes[0].upstream: unknown upstream `nope`",
+                "routes[1].id: duplicate route id `a`",
+                "routes[1].upstream: upstream `bad` has errors",
+                "routes[2].strip_prefix: needs match.path_prefix",
+            ]
+        );
+    }
+
+    #[test]
+    fn unchanged_entries_keep_their_instances_and_groups() {
+        let yaml = format!(
+            "{BASE}routes:\n  - id: r\n    upstream: up\n    plugins: [ {{ rate_limit: {{ requests: 5, per: 1s }} }}, {{ rate_limit: {{ requests: 5, per: 1s }} }} ]\n"
+        );
+        let first = compile_text(&yaml, None).unwrap();
+        assert_eq!(first.plugins.len(), 2, "two occurrences, two instances");
+        let second = compile_text(&yaml, Some(&first)).unwrap();
+        let same = |a: &gatehouse_plugins::PluginInstance,
+                    b: &gatehouse_plugins::PluginInstance| {
+            Arc::ptr_eq(&a.plugin, &b.plugin)
+        };
+        for (x, y) in first.routes[0].chain.iter().zip(&second.routes[0].chain) {
+            assert!(same(x, y));
+            assert_eq!(x.kind, "rate_limit");
+        }
+        assert!(Arc::ptr_eq(&first.upstreams["up"], &second.upstreams["up"]));
+        let changed = compile_text(
+            &yaml.replacen("requests: 5", "requests: 6", 1),
+            Some(&first),
+        )
+        .unwrap();
+        let chain = &changed.routes[0].chain;
+        assert!(
+            !same(&chain[0], &first.routes[0].chain[0]),
+            "its config changed"
+        );
+        assert_eq!(chain.len(), 2);
+    }
+}

@@ -1,0 +1,107 @@
+#!/usr/bin/env python3
+"""Instructions per request under callgrind: a repeatable CPU measure for one gatehouse build
+against another on a machine too noisy for wall-clock comparisons of a few percent.
+
+Each build runs the same three configs as compare.py (no plugins, full chain, cache hits) in
+front of an nginx backend, under `valgrind --tool=callgrind`; after a warm-up the counters are
+zeroed, a wrk run follows, and the dumped instruction total is divided by the requests served. Counts are user-space instructions of the whole process
+(every thread), the same for the same binary and inputs whatever else the machine does.
+
+Usage: benches/load/instructions.py [--seconds 10] [--baseline PATH]
+Needs: valgrind, nginx and wrk (Debian packages), a release build of gatehouse.
+"""
+import argparse
+import glob
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from compare import (NGINX_BACKEND, ROOT, free_port, gatehouse_config, jwt,  # noqa: E402
+                     run_wrk, wait_port)
+
+
+def callgrind_total(out_file):
+    """Sum of the `summary:`/`totals:` instruction counts of a callgrind dump."""
+    with open(out_file) as f:
+        for line in f:
+            m = re.match(r"(?:summary|totals):\s+(\d+)", line)
+            if m:
+                return int(m.group(1))
+    raise RuntimeError(f"no totals in {out_file}")
+
+
+def measure(binary, chain, backend_port, tmp, seconds, headers):
+    port, admin = free_port(), free_port()
+    cfg = f"{tmp}/{os.path.basename(binary)}-{chain}.yaml"
+    with open(cfg, "w") as f:
+        f.write(gatehouse_config(port, admin, backend_port, chain, f"{tmp}/access.log" if chain == "full" else "off"))
+    prefix = f"{tmp}/cg-{os.path.basename(binary)}-{chain}"
+    p = subprocess.Popen(["valgrind", "--tool=callgrind",
+                          f"--callgrind-out-file={prefix}.%p", binary, "run", "-c", cfg],
+                         env=dict(os.environ, RUST_LOG="warn"),
+                         stdout=subprocess.DEVNULL, stderr=open(f"{prefix}.err", "w"))
+    try:
+        wait_port(port, timeout=60)
+        time.sleep(3)
+        run_wrk(port, 3, 8, headers)  # warm-up: pools, caches, lazily made series
+        subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
+        r = run_wrk(port, seconds, 8, headers)
+        subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
+        dumps = glob.glob(f"{prefix}.{p.pid}.*")  # the dump made above (the main file is written at exit)
+        total = sum(callgrind_total(d) for d in dumps)
+        return total / max(r["requests"], 1), r["requests"], r["non2xx"]
+    finally:
+        p.send_signal(signal.SIGKILL)
+        p.wait()
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--seconds", type=int, default=10)
+    ap.add_argument("--baseline", help="another gatehouse binary to count beside this one")
+    args = ap.parse_args()
+    for tool in ("valgrind", "callgrind_control", "wrk"):
+        if not shutil.which(tool):
+            sys.exit(f"{tool} is needed (apt-get install -y valgrind wrk nginx)")
+    nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    builds = [("gatehouse", os.path.join(ROOT, "target/release/gatehouse"))]
+    if args.baseline:
+        builds.append(("baseline", os.path.abspath(args.baseline)))
+    tmp = tempfile.mkdtemp(prefix="gatehouse-cg-")
+    backend = None
+    try:
+        backend_port = free_port()
+        with open(f"{tmp}/backend.conf", "w") as f:
+            f.write(NGINX_BACKEND.format(dir=tmp, port=backend_port))
+        backend = subprocess.Popen([nginx, "-c", f"{tmp}/backend.conf", "-p", tmp], stderr=subprocess.DEVNULL)
+        wait_port(backend_port)
+        token = jwt()
+        print(f"\ninstructions per request under callgrind ({args.seconds}s wrk run, 8 connections)\n")
+        print("| config | " + " | ".join(label for label, _ in builds) + (" | change |" if args.baseline else " |"))
+        print("|---|" + "---|" * (len(builds) + (1 if args.baseline else 0)))
+        for what, chain in [("no plugins", "none"), ("full chain", "full"), ("cache hits", "cache")]:
+            headers = [f"Authorization: Bearer {token}", "Origin: https://app.example.com"] if chain == "full" else []
+            counts = []
+            for _, binary in builds:
+                per, n, bad = measure(binary, chain, backend_port, tmp, args.seconds, headers)
+                if bad:
+                    sys.exit(f"{binary} {chain}: {bad} non-2xx responses")
+                counts.append(per)
+            cells = " | ".join(f"{c / 1000:.1f}k" for c in counts)
+            change = f" | {counts[0] / counts[1] - 1:+.1%}" if args.baseline else ""
+            print(f"| {what} | {cells}{change} |")
+    finally:
+        if backend:
+            backend.send_signal(signal.SIGQUIT)
+            backend.wait(timeout=15)
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
