@@ -167,7 +167,7 @@ impl AdminApp {
                         .server
                         .listen
                         .iter()
-                        .filter_map(|l| l.parse::<std::net::SocketAddr>().ok())
+                        .filter_map(|l| l.addr().parse::<std::net::SocketAddr>().ok())
                         .map(|a| a.port()),
                 );
                 v

@@ -15,7 +15,7 @@ use pingora_core::services::listening::Service;
 
 use crate::access_log::AccessLog;
 use crate::admin::AdminApp;
-use crate::config::raw::RawServer;
+use crate::config::raw::{RawListen, RawServer};
 use crate::config::{self, ConfigErrors, Loaded};
 use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
@@ -83,7 +83,7 @@ impl ShutdownSignalWatch for Signals {
 /// service's thread and leave the process half up), and exits if one still fails (a race).
 fn check_listeners(server: &RawServer, admin: &str, upgrade: bool) -> Result<(), AppError> {
     if !upgrade {
-        for addr in server.listen.iter().map(String::as_str).chain([admin]) {
+        for addr in server.listen.iter().map(RawListen::addr).chain([admin]) {
             std::net::TcpListener::bind(addr).map_err(|source| AppError::Listen {
                 addr: addr.to_string(),
                 source,
@@ -130,8 +130,14 @@ fn proxy_service(
     metrics: &Metrics,
 ) -> Service<Guarded<pingora_proxy::HttpProxy<Gateway>>> {
     let raw = &state.snapshot().raw.server;
+    let mut http = pingora_proxy::http_proxy(&server.configuration, gateway);
+    // HTTP/2 connections (HTTPS listeners with ALPN h2): closed after a minute without a
+    // stream, like an idle HTTP/1 keep-alive connection (Pingora's default: never)
+    let mut options = pingora_core::apps::HttpServerOptions::default();
+    options.h2_idle_timeout = Some(std::time::Duration::from_secs(60));
+    http.server_options = Some(options);
     let guarded = Guarded::new(
-        pingora_proxy::http_proxy(&server.configuration, gateway),
+        http,
         Arc::clone(state),
         metrics.connections.active.with_label_values(&["proxy"]),
         metrics.connections.accepted.with_label_values(&["proxy"]),
@@ -141,7 +147,7 @@ fn proxy_service(
     // gatehouse serves plain HTTP: by default none, the HTTP parser reads straight from the
     // socket into its own buffer (same syscalls, 16-64 KiB less per idle connection)
     let read = usize::try_from(raw.read_buffer.0).unwrap_or(0);
-    for l in &raw.listen {
+    for l in raw.listen.iter().map(RawListen::addr) {
         proxy
             .add_listener(ListenerConfig::tcp(l).l4_buffer(L4BufferSettings::default().read(read)));
     }
@@ -241,7 +247,11 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     info!(
         "gatehouse {} listening on {:?}, admin on {admin_listen}",
         env!("CARGO_PKG_VERSION"),
-        server_cfg.listen
+        server_cfg
+            .listen
+            .iter()
+            .map(RawListen::addr)
+            .collect::<Vec<_>>()
     );
     server.run(RunArgs {
         shutdown_signal: Box::new(Signals),

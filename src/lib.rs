@@ -15,4 +15,5 @@ pub mod proxy;
 pub mod reload;
 pub mod router;
 pub mod state;
+pub mod tls;
 pub mod upstream;

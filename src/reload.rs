@@ -62,7 +62,14 @@ pub struct Reloader {
 fn restart_required(a: &RawServer, a_admin: &str, b: &Snapshot) -> Vec<&'static str> {
     let s = &b.raw.server;
     [
-        (a.listen != s.listen, "server.listen"),
+        // addresses only: a listener's TLS settings (certificates too) apply live
+        (
+            !a.listen
+                .iter()
+                .map(|l| l.addr())
+                .eq(s.listen.iter().map(|l| l.addr())),
+            "server.listen",
+        ),
         (a.threads != s.threads, "server.threads"),
         (a.access_log != s.access_log, "server.access_log"),
         (a.upgrade_sock != s.upgrade_sock, "server.upgrade_sock"),
@@ -141,7 +148,9 @@ impl Reloader {
                 return self.failed(trigger, e);
             }
         };
-        if snap.source_hash == prev.source_hash {
+        if snap.source_hash == prev.source_hash
+            && snap.server.tls_digest() == prev.server.tls_digest()
+        {
             self.metrics
                 .config
                 .reloads

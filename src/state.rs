@@ -48,9 +48,18 @@ pub struct Route {
     pub timeout: Option<std::time::Duration>,
 }
 
+/// A proxy listener as compiled: its address and, for HTTPS, its TLS settings.
+#[derive(Debug, Clone)]
+pub struct Listener {
+    pub addr: std::net::SocketAddr,
+    pub tls: Option<Arc<crate::tls::TlsListener>>,
+}
+
 /// Settings that apply to every request.
 #[derive(Debug, Clone, Default)]
 pub struct ServerSettings {
+    /// The proxy listeners, in config order.
+    pub listeners: Vec<Listener>,
     /// Peers whose `X-Forwarded-For` is believed.
     pub trusted_proxies: Vec<IpNet>,
     /// Largest request head (all header lines), in bytes; larger = 431.
@@ -66,6 +75,23 @@ pub struct ServerSettings {
 }
 
 impl ServerSettings {
+    /// The listener a connection accepted on `local` belongs to (a listener on `0.0.0.0` or
+    /// `[::]` matches any local address with its port).
+    pub fn listener_for(&self, local: std::net::SocketAddr) -> Option<&Listener> {
+        self.listeners.iter().find(|l| {
+            l.addr.port() == local.port()
+                && (l.addr.ip() == local.ip().to_canonical() || l.addr.ip().is_unspecified())
+        })
+    }
+
+    /// SHA-256 digests of every listener's certificate and key files, in order.
+    pub fn tls_digest(&self) -> Vec<u8> {
+        (self.listeners.iter())
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.digest.iter().copied())
+            .collect()
+    }
+
     /// Whether `ip` is a configured trusted proxy.
     #[inline]
     pub fn is_trusted(&self, ip: std::net::IpAddr) -> bool {

@@ -30,8 +30,9 @@ pub struct RawConfig {
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RawServer {
+    /// Listeners: `"ip:port"` (plain HTTP/1.1) or `{ addr, tls }`.
     #[serde(default = "default_listen")]
-    pub listen: Vec<String>,
+    pub listen: Vec<RawListen>,
     /// Worker threads; `None` = number of CPUs.
     #[serde(default)]
     pub threads: Option<NonZeroUsize>,
@@ -154,8 +155,74 @@ impl Default for RawLimits {
     }
 }
 
-fn default_listen() -> Vec<String> {
-    vec!["0.0.0.0:8080".to_string()]
+fn default_listen() -> Vec<RawListen> {
+    vec![RawListen::Addr("0.0.0.0:8080".to_string())]
+}
+
+/// One `server.listen` entry: a plain address, or an address with settings.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(untagged)]
+pub enum RawListen {
+    Addr(String),
+    Full(RawListener),
+}
+
+impl RawListen {
+    /// The `ip:port` to bind.
+    pub fn addr(&self) -> &str {
+        match self {
+            RawListen::Addr(a) => a,
+            RawListen::Full(l) => &l.addr,
+        }
+    }
+}
+
+/// `server.listen[i]` written out: `{ addr: "0.0.0.0:8443", tls: {...} }`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawListener {
+    pub addr: String,
+    #[serde(default)]
+    pub tls: Option<RawTls>,
+}
+
+/// `server.listen[i].tls`: HTTPS on this listener.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTls {
+    /// Chosen by SNI: exact name, then a `*.` wildcard, among each certificate's DNS names.
+    pub certificates: Vec<RawCertificate>,
+    /// Index into `certificates` for clients without SNI or with an unknown name; absent:
+    /// such handshakes are refused.
+    #[serde(default)]
+    pub default_certificate: Option<usize>,
+    /// Protocols offered by ALPN, in order of preference: `h2`, `http/1.1`.
+    #[serde(default = "default_alpn")]
+    pub alpn: Vec<String>,
+    /// Oldest TLS version accepted: `"1.2"` or `"1.3"`.
+    #[serde(default = "default_min_version")]
+    pub min_version: String,
+    /// The whole handshake must complete in this time.
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: NonZeroDur,
+}
+
+/// A certificate chain (PEM, leaf first) and its private key (PEM).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCertificate {
+    pub cert: String,
+    pub key: String,
+}
+
+fn default_alpn() -> Vec<String> {
+    vec!["h2".to_string(), "http/1.1".to_string()]
+}
+fn default_min_version() -> String {
+    "1.2".to_string()
+}
+fn default_handshake_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(10))
 }
 fn default_grace() -> Dur {
     Dur(std::time::Duration::from_secs(10))

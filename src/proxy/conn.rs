@@ -27,6 +27,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use pingora_core::apps::{HttpPersistentSettings, HttpServerApp, ServerApp};
 use pingora_core::protocols::http::ServerSession;
+use pingora_core::protocols::l4::stream::Stream as L4Stream;
+use pingora_core::protocols::ALPN;
 use pingora_core::protocols::{
     GetProxyDigest, GetSocketDigest, GetTimingDigest, Peek, Shutdown, SocketDigest, Ssl, Stream,
     TimingDigest, UniqueID, UniqueIDType,
@@ -37,6 +39,7 @@ use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
 use crate::state::SharedState;
+use crate::tls::TlsListener;
 
 /// Wraps the proxy app with the connection limits of the current config
 /// (`server.limits.header_read_timeout`, `max_connections`; a reload applies to new
@@ -144,10 +147,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
-        let (max, head_timeout) = {
-            let snap = self.state.snapshot();
-            (snap.server.max_connections, snap.server.header_read_timeout)
-        };
+        let snap = self.state.snapshot();
+        let (max, head_timeout) = (snap.server.max_connections, snap.server.header_read_timeout);
+        let tls = (session.get_socket_digest())
+            .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
+            .and_then(|local| snap.server.listener_for(local))
+            .and_then(|l| l.tls.clone());
+        drop(snap);
         self.accepted.inc();
         self.active_gauge.inc();
         let before = self.active.fetch_add(1, Ordering::Relaxed);
@@ -156,17 +162,77 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             log::debug!("max_connections ({max}) reached, closing a new connection");
             return None;
         }
-        // Pingora's HTTP/1 keep-alive loop (apps::ServerApp for HttpServerApp), with the wait
-        // for each request outside Pingora's per-request state. gatehouse offers neither TLS
-        // nor h2c on this listener, and does not turn on Pingora's HTTP/1 pipelining (so no
-        // bytes of a next request are carried in the persistent settings).
+        // the handshake counts against the cap and has its own deadline
+        let session = match tls {
+            Some(tls) => handshake(session, &tls).await?,
+            None => session,
+        };
+        let mut hd = Box::new(HeadDeadline::new(session, head_timeout));
+        let mut waits = Waits::default();
+        if hd.selected_alpn_proto() == Some(ALPN::H2) {
+            // the client's first bytes (its preface) within the head deadline, then Pingora's
+            // own HTTP/2 path: GOAWAY on shutdown, idle timeout, one task per stream
+            if !self.wait_for_request(&mut hd, None, &mut waits).await {
+                return None;
+            }
+            hd.pass_through();
+            return ServerApp::process_new(&self.inner, hd, shutdown).await;
+        }
+        self.serve_http1(hd, waits, shutdown).await
+    }
+
+    /// Called when the listeners stopped (shutdown or upgrade). Pingora's cleanup closes
+    /// idle keep-alive connections at once, which races with a client sending its next request
+    /// on one. Instead they stay open for most of the grace period: a request arriving on them
+    /// is still served, with `Connection: close`; whatever is idle after that is closed.
+    async fn cleanup(&self) {
+        let grace = self.state.snapshot().raw.server.grace_period.0;
+        tokio::time::sleep(grace.saturating_sub(Duration::from_secs(1))).await;
+        self.closed.store(true, Ordering::Release);
+        self.idle_close.notify_waiters();
+        self.inner.http_cleanup().await
+    }
+}
+
+/// The TLS handshake on an accepted TCP stream, within the listener's handshake timeout.
+/// Failures are the client's business: logged at debug, the connection closed.
+async fn handshake(session: Stream, tls: &TlsListener) -> Option<Stream> {
+    let peer = session
+        .get_socket_digest()
+        .and_then(|d| d.peer_addr().map(|a| a.to_string()));
+    let Ok(l4) = session.into_any().downcast::<L4Stream>() else {
+        log::warn!("TLS listener: the accepted stream is not a TCP stream");
+        return None;
+    };
+    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.tls_handshake(*l4)).await {
+        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Err(e)) => {
+            log::debug!("TLS handshake with {peer:?} failed: {e}");
+            None
+        }
+        Err(_) => {
+            log::debug!("TLS handshake with {peer:?} timed out");
+            None
+        }
+    }
+}
+
+impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
+    /// Pingora's HTTP/1 keep-alive loop (apps::ServerApp for HttpServerApp), with the wait for
+    /// each request outside Pingora's per-request state. gatehouse does not turn on Pingora's
+    /// HTTP/1 pipelining (so no bytes of a next request are carried in the persistent
+    /// settings).
+    async fn serve_http1<'a>(
+        &'a self,
+        mut hd: Box<HeadDeadline>,
+        mut waits: Waits<'a>,
+        shutdown: &ShutdownWatch,
+    ) -> Option<Stream> {
         let request_limit = self
             .inner
             .server_options()
             .and_then(|o| o.keepalive_request_limit);
-        let mut hd = Box::new(HeadDeadline::new(session, head_timeout));
         let mut reused: Option<Option<HttpPersistentSettings>> = None;
-        let mut waits = Waits::default();
         loop {
             let idle = reused.is_some().then_some(KEEPALIVE_IDLE);
             if !self.wait_for_request(&mut hd, idle, &mut waits).await {
@@ -194,18 +260,6 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             reused = Some(settings);
         }
     }
-
-    /// Called when the listeners stopped (shutdown or upgrade). Pingora's cleanup closes
-    /// idle keep-alive connections at once, which races with a client sending its next request
-    /// on one. Instead they stay open for most of the grace period: a request arriving on them
-    /// is still served, with `Connection: close`; whatever is idle after that is closed.
-    async fn cleanup(&self) {
-        let grace = self.state.snapshot().raw.server.grace_period.0;
-        tokio::time::sleep(grace.saturating_sub(Duration::from_secs(1))).await;
-        self.closed.store(true, Ordering::Release);
-        self.idle_close.notify_waiters();
-        self.inner.http_cleanup().await
-    }
 }
 
 /// A stream that fails reads of a request head that takes longer than its deadline. The
@@ -223,6 +277,8 @@ pub struct HeadDeadline {
     /// Bytes read by [`Self::poll_first_bytes`], served to the next reads before the socket.
     pending: Vec<u8>,
     pending_pos: usize,
+    /// No deadline any more ([`Self::pass_through`]).
+    passthrough: bool,
 }
 
 impl fmt::Debug for HeadDeadline {
@@ -252,7 +308,17 @@ impl HeadDeadline {
             wrote_since_head: false,
             pending: Vec::new(),
             pending_pos: 0,
+            passthrough: false,
         }
+    }
+
+    /// From now on only replays the bytes read while waiting, then passes everything through:
+    /// for HTTP/2, whose frames have no head to find (its streams are bounded by Pingora's
+    /// h2 settings and idle timeout instead).
+    pub fn pass_through(&mut self) {
+        self.passthrough = true;
+        self.deadline = None;
+        self.sleep = None;
     }
 
     /// Waits for the next bytes from the client and keeps them for the next read:
@@ -342,7 +408,7 @@ impl AsyncRead for HeadDeadline {
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &r {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+            Poll::Ready(Ok(())) if buf.filled().len() > before && !this.passthrough => {
                 if this.deadline.is_none() && this.wrote_since_head {
                     // first bytes of the next request on this connection
                     this.deadline = Some(Instant::now() + this.timeout);
@@ -418,7 +484,19 @@ impl UniqueID for HeadDeadline {
     }
 }
 
-impl Ssl for HeadDeadline {}
+/// The TLS facts of the wrapped stream: the session digest (for `X-Forwarded-Proto` and the
+/// access log) and the ALPN choice must not disappear behind the wrapper.
+impl Ssl for HeadDeadline {
+    fn get_ssl(&self) -> Option<&pingora_core::protocols::tls::TlsRef> {
+        self.inner.get_ssl()
+    }
+    fn get_ssl_digest(&self) -> Option<Arc<pingora_core::protocols::tls::SslDigest>> {
+        self.inner.get_ssl_digest()
+    }
+    fn selected_alpn_proto(&self) -> Option<pingora_core::protocols::ALPN> {
+        self.inner.selected_alpn_proto()
+    }
+}
 
 impl GetTimingDigest for HeadDeadline {
     fn get_timing_digest(&self) -> Vec<Option<TimingDigest>> {

@@ -80,7 +80,9 @@ fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
     req.insert_header("x-forwarded-for", xff)?;
     if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
-        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static("http"))?;
+        let tls = s.digest().is_some_and(|d| d.ssl_digest.is_some());
+        let proto = if tls { "https" } else { "http" };
+        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     }
     if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
         if let Some(h) = s.req_header().headers.get(http::header::HOST).cloned() {

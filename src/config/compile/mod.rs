@@ -41,7 +41,7 @@ pub struct CompileEnv<'a> {
 /// Compiles `raw` into a snapshot, or returns every error found.
 pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errs = Errors::default();
-    let server = server::compile_server(&raw.server, &mut errs.scope("server"));
+    let server = server::compile_server(&raw.server, &env.base_dir, &mut errs.scope("server"));
     server::check_admin(&raw.admin, &mut errs.scope("admin"));
 
     let mut upstreams = HashMap::new();

@@ -2,12 +2,13 @@
 //! limits, latency buckets. Zero durations and sizes are already rejected by their serde types.
 
 use std::net::{IpAddr, SocketAddr};
+use std::path::Path;
 
 use ipnet::IpNet;
 
 use crate::config::error::Scope;
-use crate::config::raw::{RawAdmin, RawServer};
-use crate::state::ServerSettings;
+use crate::config::raw::{RawAdmin, RawListen, RawListener, RawServer};
+use crate::state::{Listener, ServerSettings};
 
 /// Most header lines a request may be allowed to carry.
 const MAX_HEADERS: usize = 256;
@@ -19,14 +20,44 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     })
 }
 
-/// Checks `server:` (at scope `server`) and compiles what requests need of it.
-pub(super) fn compile_server(raw: &RawServer, s: &mut Scope<'_>) -> ServerSettings {
+/// The listeners: addresses, and TLS settings (certificates read from files relative to
+/// `base_dir`).
+fn listeners(raw: &RawServer, base_dir: &Path, s: &mut Scope<'_>) -> Vec<Listener> {
     if raw.listen.is_empty() {
         s.error_at("listen", "needs at least one address");
     }
+    let mut out = Vec::with_capacity(raw.listen.len());
     for (i, l) in raw.listen.iter().enumerate() {
-        s.item("listen", i).take("", parse_listen(l));
+        let mut ls = s.item("listen", i);
+        let field = if matches!(l, RawListen::Addr(_)) {
+            ""
+        } else {
+            "addr"
+        };
+        let addr = ls.take(field, parse_listen(l.addr()));
+        if out.iter().any(|o: &Listener| Some(o.addr) == addr) {
+            ls.error("this address is listed twice");
+        }
+        let tls = match l {
+            RawListen::Full(RawListener { tls: Some(t), .. }) => {
+                crate::tls::compile(t, base_dir, &mut ls.child("tls"))
+            }
+            _ => None,
+        };
+        if let Some(addr) = addr {
+            out.push(Listener { addr, tls });
+        }
     }
+    out
+}
+
+/// Checks `server:` (at scope `server`) and compiles what requests need of it.
+pub(super) fn compile_server(
+    raw: &RawServer,
+    base_dir: &Path,
+    s: &mut Scope<'_>,
+) -> ServerSettings {
+    let listeners = listeners(raw, base_dir, s);
     let trusted_proxies = raw
         .trusted_proxies
         .iter()
@@ -60,6 +91,7 @@ pub(super) fn compile_server(raw: &RawServer, s: &mut Scope<'_>) -> ServerSettin
         );
     }
     ServerSettings {
+        listeners,
         trusted_proxies,
         max_header_size: usize::try_from(lim.max_header_size.0).unwrap_or(usize::MAX),
         max_headers: lim.max_headers,
@@ -82,7 +114,7 @@ mod tests {
     fn errors(yaml: &str) -> Vec<String> {
         let raw: RawServer = serde_yaml::from_str(yaml).unwrap();
         let mut errs = Errors::default();
-        compile_server(&raw, &mut errs.scope("server"));
+        compile_server(&raw, Path::new("."), &mut errs.scope("server"));
         errs.into_vec().iter().map(|e| e.to_string()).collect()
     }
 
@@ -93,7 +125,7 @@ mod tests {
         )
         .unwrap();
         let mut errs = Errors::default();
-        let s = compile_server(&raw, &mut errs.scope("server"));
+        let s = compile_server(&raw, Path::new("."), &mut errs.scope("server"));
         assert!(errs.is_empty());
         assert!(s.is_trusted("10.1.2.3".parse().unwrap()));
         assert!(s.is_trusted("192.0.2.7".parse().unwrap()));

@@ -1,0 +1,132 @@
+//! TLS termination on HTTPS listeners (rustls through Pingora's acceptor). A listener's
+//! [`TlsListener`] is compiled from `server.listen[i].tls` with the rest of the config:
+//! certificates are read and checked then ([`certs`]), chosen by SNI during the handshake
+//! ([`sni`]), and replaced whole on every reload, so new handshakes see new certificates while
+//! open connections keep theirs. The handshake itself runs in the connection guard
+//! (`proxy::conn`), under the connection cap and the listener's handshake timeout.
+
+mod certs;
+mod sni;
+
+use std::fmt;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pingora_core::listeners::tls::Acceptor;
+use rustls::ServerConfig;
+
+use crate::config::error::Scope;
+use crate::config::raw::RawTls;
+
+/// A compiled HTTPS listener setting.
+pub struct TlsListener {
+    pub(crate) acceptor: Acceptor,
+    pub(crate) handshake_timeout: Duration,
+    /// SHA-256 over every certificate and key file, in order: a reload whose files changed is
+    /// not "unchanged" even when the config text is.
+    pub(crate) digest: Vec<u8>,
+    /// (first name, expiry in Unix seconds) per certificate.
+    pub(crate) expiries: Vec<(String, i64)>,
+}
+
+impl fmt::Debug for TlsListener {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TlsListener")
+            .field("handshake_timeout", &self.handshake_timeout)
+            .field("certificates", &self.expiries)
+            .finish()
+    }
+}
+
+fn now_unix() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
+}
+
+/// Compiles `tls` at scope `server.listen[i].tls`; relative file names resolve against
+/// `base_dir`. `None` (with the errors recorded) when anything is wrong.
+pub(crate) fn compile(
+    tls: &RawTls,
+    base_dir: &Path,
+    s: &mut Scope<'_>,
+) -> Option<Arc<TlsListener>> {
+    if tls.certificates.is_empty() {
+        s.error_at("certificates", "needs at least one certificate");
+    }
+    let now = now_unix();
+    let mut resolver = sni::SniResolver::default();
+    let mut digest = Vec::with_capacity(32 * tls.certificates.len());
+    let mut expiries = Vec::new();
+    let mut keys = Vec::new();
+    for (i, c) in tls.certificates.iter().enumerate() {
+        let loaded = certs::load(&base_dir.join(&c.cert), &base_dir.join(&c.key), now);
+        let Some(cert) = s.item("certificates", i).take("", loaded) else {
+            continue;
+        };
+        resolver.add(&cert.names, &cert.key);
+        digest.extend_from_slice(&cert.digest);
+        expiries.push((
+            cert.names.first().cloned().unwrap_or_default(),
+            cert.not_after,
+        ));
+        keys.push(cert.key);
+    }
+    match tls.default_certificate {
+        Some(d) if d < tls.certificates.len() => {
+            if let Some(k) = keys.get(d) {
+                resolver.set_default(Arc::clone(k));
+            }
+        }
+        Some(_) => s.error_at(
+            "default_certificate",
+            "an index into `certificates`, counted from 0",
+        ),
+        None => {}
+    }
+    let alpn = alpn(&tls.alpn, s);
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version.as_str() {
+        "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
+        "1.3" => &[&rustls::version::TLS13],
+        _ => {
+            s.error_at("min_version", "use \"1.2\" or \"1.3\"");
+            &[]
+        }
+    };
+    if !s.is_ok() {
+        return None;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(versions)
+        .map_err(|e| s.error(format!("TLS settings rejected: {e}")))
+        .ok()?;
+    let mut config = config
+        .with_no_client_auth()
+        .with_cert_resolver(Arc::new(resolver));
+    config.alpn_protocols = alpn;
+    Some(Arc::new(TlsListener {
+        acceptor: Acceptor::from_server_config(Arc::new(config)),
+        handshake_timeout: tls.handshake_timeout.0,
+        digest,
+        expiries,
+    }))
+}
+
+fn alpn(list: &[String], s: &mut Scope<'_>) -> Vec<Vec<u8>> {
+    if list.is_empty() {
+        s.error_at("alpn", "offer at least one of h2, http/1.1");
+    }
+    list.iter()
+        .enumerate()
+        .filter_map(|(i, p)| match p.as_str() {
+            "h2" | "http/1.1" => Some(p.as_bytes().to_vec()),
+            other => {
+                s.item("alpn", i)
+                    .error(format!("`{other}`: use h2 or http/1.1"));
+                None
+            }
+        })
+        .collect()
+}

@@ -1,0 +1,343 @@
+//! HTTPS listeners through the real binary: certificates minted at test time (rcgen), chosen
+//! by SNI; HTTP/2 and HTTP/1.1 by ALPN; certificates swapped by a reload while connections
+//! stay open; broken certificate files as config errors; a stalled handshake cut at its
+//! timeout. Clients: reqwest with rustls (trusting only the test CA).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use common::{check_yaml, free_port, TestGateway, TestUpstream};
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// A test CA that signs leaf certificates into a directory.
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+    dir: tempfile::TempDir,
+}
+
+impl Ca {
+    fn new() -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "gatehouse test CA");
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: Issuer::new(params, key),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// Writes `<file>.pem` and `<file>.key` for `names`; returns the leaf's DER.
+    fn leaf(&self, file: &str, names: &[&str], expired: bool) -> Vec<u8> {
+        let key = KeyPair::generate().unwrap();
+        let mut params =
+            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        params.distinguished_name.push(DnType::CommonName, names[0]);
+        if expired {
+            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
+            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
+        }
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        // write by rename, as a deploy tool would
+        for (ext, text) in [("pem", cert.pem()), ("key", key.serialize_pem())] {
+            let tmp = self.dir.path().join(format!("{file}.{ext}.tmp"));
+            std::fs::write(&tmp, text).unwrap();
+            std::fs::rename(&tmp, self.path(&format!("{file}.{ext}"))).unwrap();
+        }
+        cert.der().to_vec()
+    }
+
+    fn path(&self, file: &str) -> PathBuf {
+        self.dir.path().join(file)
+    }
+
+    fn client(&self, https_port: u16, names: &[&str]) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .tls_built_in_root_certs(false)
+            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
+            .tls_info(true)
+            .timeout(Duration::from_secs(10));
+        for n in names {
+            b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], https_port)));
+        }
+        b.build().unwrap()
+    }
+}
+
+fn tls_listener(https: u16, dir: &Path, certs: &[&str], extra: &str) -> String {
+    let list: Vec<String> = certs
+        .iter()
+        .map(|c| {
+            format!(
+                "{{ cert: \"{}\", key: \"{}\" }}",
+                dir.join(format!("{c}.pem")).display(),
+                dir.join(format!("{c}.key")).display()
+            )
+        })
+        .collect();
+    format!(
+        "    - addr: \"127.0.0.1:{https}\"\n      tls:\n        certificates: [{}]\n{extra}",
+        list.join(", ")
+    )
+}
+
+/// A gateway with a plain listener and an HTTPS one (its port is returned) in front of `up`.
+async fn gateway(ca: &Ca, up: &TestUpstream, certs: &[&str], extra: &str) -> (TestGateway, u16) {
+    let https = Mutex::new(0u16);
+    let gw = TestGateway::start(|p| {
+        let port = free_port();
+        *https.lock().unwrap() = port;
+        format!(
+            "server:\n  listen:\n    - \"127.0.0.1:{}\"\n{}  threads: 2\n  grace_period: 1s\n  access_log: off\nadmin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n  up:\n    backends: [\"{}\"]\nroutes:\n  - {{ id: all, upstream: up }}\n",
+            p.proxy,
+            tls_listener(port, ca.dir.path(), certs, extra),
+            p.admin,
+            up.addr
+        )
+    })
+    .await;
+    let port = *https.lock().unwrap();
+    (gw, port)
+}
+
+fn peer_cert(r: &reqwest::Response) -> Vec<u8> {
+    r.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate())
+        .unwrap()
+        .to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
+    let ca = Ca::new();
+    let a = ca.leaf("a", &["a.test"], false);
+    let wild = ca.leaf("wild", &["*.wild.test"], false);
+    let up = TestUpstream::start("up").await;
+    let (gw, https) = gateway(&ca, &up, &["a", "wild"], "        default_certificate: 0\n").await;
+    let names = ["a.test", "x.wild.test", "a.b.wild.test", "other.test"];
+    let client = ca.client(https, &names);
+
+    // exact name, HTTP/2 by ALPN; the backend hears that the client used HTTPS
+    let r = client
+        .get(format!("https://a.test:{https}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(peer_cert(&r), a);
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("https"));
+    // one-label wildcard
+    let r = client
+        .get(format!("https://x.wild.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((r.status().as_u16(), peer_cert(&r)), (200, wild.clone()));
+    // two labels below the wildcard, or an unknown name: the default certificate (a.test),
+    // which the client rejects for that name
+    for host in ["a.b.wild.test", "other.test"] {
+        let e = client.get(format!("https://{host}:{https}/")).send().await;
+        assert!(e.is_err(), "{host} must not verify");
+    }
+    // HTTP/1.1 over TLS, kept alive
+    let h1 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .resolve("a.test", SocketAddr::from(([127, 0, 0, 1], https)))
+        .http1_only()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = h1
+            .get(format!("https://a.test:{https}/h1"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.version()),
+            (200, reqwest::Version::HTTP_11)
+        );
+    }
+    // the plain listener still speaks plain HTTP
+    assert_eq!(gw.get("/plain").await.status(), 200);
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_default_unknown_names_are_refused() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    let (_gw, https) = gateway(&ca, &up, &["a"], "").await;
+    let client = ca.client(https, &["a.test", "b.test"]);
+    assert!(client
+        .get(format!("https://b.test:{https}/"))
+        .send()
+        .await
+        .is_err());
+    let r = client
+        .get(format!("https://a.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        up.hits(),
+        1,
+        "the refused handshake never reached the backend"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificates_swap_on_reload_while_connections_stay_open() {
+    let ca = Ca::new();
+    let old = ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    let (gw, https) = gateway(&ca, &up, &["a"], "").await;
+    let kept = ca.client(https, &["a.test"]);
+    let r = kept
+        .get(format!("https://a.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&r), old);
+
+    // new files (renamed into place), same config text: a reload applies them
+    let new = ca.leaf("a", &["a.test"], false);
+    let admin = |path: &str| gw.client.post(gw.admin_url(path));
+    let r: serde_json::Value = admin("/reload").send().await.unwrap().json().await.unwrap();
+    assert_eq!(r["result"], "ok", "{r}");
+    let fresh = ca.client(https, &["a.test"]);
+    let r = fresh
+        .get(format!("https://a.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        peer_cert(&r),
+        new,
+        "a new connection gets the new certificate"
+    );
+    // the connection opened before the swap keeps working with its certificate
+    for _ in 0..3 {
+        let r = kept
+            .get(format!("https://a.test:{https}/"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!((r.status().as_u16(), peer_cert(&r)), (200, old.clone()));
+    }
+
+    // a broken key file: the reload is rejected with its path, the new certificate stays
+    std::fs::write(ca.path("a.key"), "not a key").unwrap();
+    let r = admin("/reload").send().await.unwrap();
+    assert_eq!(r.status(), 422);
+    let r: serde_json::Value = r.json().await.unwrap();
+    let msg = r["errors"][0].as_str().unwrap();
+    assert!(
+        msg.starts_with("server.listen[1].tls.certificates[0]: "),
+        "{msg}"
+    );
+    assert!(msg.contains("no PEM private key"), "{msg}");
+    let again = ca.client(https, &["a.test"]);
+    let r = again
+        .get(format!("https://a.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(peer_cert(&r), new);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_handshake_is_cut_at_its_timeout() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    let (_gw, https) = gateway(&ca, &up, &["a"], "        handshake_timeout: 500ms\n").await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", https))
+        .await
+        .unwrap();
+    // the first bytes of a ClientHello record, then nothing
+    s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let mut buf = [0u8; 64];
+    let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+        .await
+        .expect("the gateway must close the connection")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "closed without an answer");
+    assert!(started.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn broken_certificate_files_are_config_errors_with_their_path() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    ca.leaf("b", &["b.test"], false);
+    ca.leaf("old", &["old.test"], true);
+    // a's certificate with b's key
+    std::fs::copy(ca.path("b.key"), ca.path("mixed.key")).unwrap();
+    std::fs::copy(ca.path("a.pem"), ca.path("mixed.pem")).unwrap();
+    let dir = ca.dir.path();
+    let cfg = |certs: &[&str], extra: &str| {
+        format!(
+            "server:\n  listen:\n{}admin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n  up: {{ backends: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ id: all, upstream: up }}\n",
+            tls_listener(free_port(), dir, certs, extra),
+            free_port()
+        )
+    };
+    let (code, out) = check_yaml(&cfg(&["a", "b"], "        default_certificate: 1\n"));
+    assert_eq!(code, 0, "{out}");
+    for (certs, extra, expect) in [
+        (vec!["mixed"], "", "server.listen[0].tls.certificates[0]: "),
+        (vec!["mixed"], "", "does not match the certificate"),
+        (
+            vec!["a", "old"],
+            "",
+            "server.listen[0].tls.certificates[1]: ",
+        ),
+        (vec!["old"], "", "expired"),
+        (vec!["missing"], "", "cannot read"),
+        (
+            vec!["a"],
+            "        default_certificate: 3\n",
+            "server.listen[0].tls.default_certificate: ",
+        ),
+        (
+            vec!["a"],
+            "        alpn: [h3]\n",
+            "server.listen[0].tls.alpn[0]: `h3`",
+        ),
+        (
+            vec!["a"],
+            "        min_version: \"1.1\"\n",
+            "server.listen[0].tls.min_version: ",
+        ),
+    ] {
+        let (code, out) = check_yaml(&cfg(&certs, extra));
+        assert_eq!(code, 1, "{certs:?} {extra}: {out}");
+        assert!(
+            out.contains(expect),
+            "{certs:?} {extra}: expected `{expect}` in\n{out}"
+        );
+    }
+}
