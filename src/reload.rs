@@ -31,6 +31,9 @@ use crate::upstream::health;
 /// tools write in several steps).
 const DEBOUNCE: Duration = Duration::from_millis(200);
 
+/// How often the set of watched files is compared with the serving config's.
+const WATCH_REFRESH: Duration = Duration::from_secs(2);
+
 /// What a reload did.
 #[derive(Debug)]
 pub enum ReloadOutcome {
@@ -271,52 +274,79 @@ pub struct ReloadService {
     pub watch_file: bool,
 }
 
-/// Starts watching the directory of `path` (so a file replaced by rename is seen) and sends a
-/// unit on `tx` for every event that touches `path`.
-fn watch(
-    path: &Path,
-    tx: tokio::sync::mpsc::UnboundedSender<()>,
-) -> notify::Result<notify::RecommendedWatcher> {
-    use notify::Watcher;
-    let target = path.file_name().map(|n| n.to_os_string());
+/// A file to watch, as (its directory made absolute, its name): editors and deploy tools
+/// replace files by rename, so the directory is watched and events are matched by name.
+fn watch_key(path: &Path) -> Option<(PathBuf, std::ffi::OsString)> {
     let dir = path
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
-        .map_or_else(|| PathBuf::from("."), Path::to_path_buf);
+        .unwrap_or_else(|| Path::new("."));
+    Some((
+        std::fs::canonicalize(dir).ok()?,
+        path.file_name()?.to_os_string(),
+    ))
+}
+
+/// Starts watching `files` (the config file and the certificate files it names) and sends a
+/// unit on `tx` for every event that touches one of them.
+fn watch(
+    files: &[PathBuf],
+    tx: tokio::sync::mpsc::UnboundedSender<()>,
+) -> notify::Result<notify::RecommendedWatcher> {
+    use notify::Watcher;
+    let keys: HashSet<(PathBuf, std::ffi::OsString)> =
+        files.iter().filter_map(|f| watch_key(f)).collect();
+    let dirs: HashSet<PathBuf> = keys.iter().map(|(d, _)| d.clone()).collect();
+    // event paths are the watched (absolute) directory joined with the file's name
     let mut w = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
         if let Ok(ev) = res {
-            let ours = ev.paths.is_empty()
-                || ev
-                    .paths
-                    .iter()
-                    .any(|p| p.file_name().map(|n| n.to_os_string()) == target);
-            if ours && !matches!(ev.kind, notify::EventKind::Access(_)) {
+            let hit = ev.paths.is_empty()
+                || ev.paths.iter().any(|p| {
+                    p.parent()
+                        .zip(p.file_name())
+                        .is_some_and(|(d, n)| keys.contains(&(d.to_path_buf(), n.to_os_string())))
+                });
+            if hit && !matches!(ev.kind, notify::EventKind::Access(_)) {
                 let _ = tx.send(());
             }
         }
     })?;
-    w.watch(&dir, notify::RecursiveMode::NonRecursive)?;
+    for d in &dirs {
+        w.watch(d, notify::RecursiveMode::NonRecursive)?;
+    }
     Ok(w)
+}
+
+impl ReloadService {
+    /// The files whose change triggers a reload: the config and its certificate files.
+    fn files(&self) -> Vec<PathBuf> {
+        let mut v = vec![self.reloader.path().to_path_buf()];
+        v.extend(self.reloader.state.snapshot().server.tls_files());
+        v
+    }
+
+    /// A watcher over `files` (none when watching is off or fails; reloads then need SIGHUP
+    /// or `POST /reload`).
+    fn watcher(
+        &self,
+        files: &[PathBuf],
+        tx: &tokio::sync::mpsc::UnboundedSender<()>,
+    ) -> Option<notify::RecommendedWatcher> {
+        if !self.watch_file {
+            return None;
+        }
+        watch(files, tx.clone())
+            .map_err(|e| warn!("cannot watch {files:?}: {e}; reload with SIGHUP or POST /reload"))
+            .ok()
+    }
 }
 
 #[async_trait]
 impl BackgroundService for ReloadService {
     async fn start(&self, mut shutdown: ShutdownWatch) {
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let _watcher = if self.watch_file {
-            match watch(self.reloader.path(), tx) {
-                Ok(w) => Some(w),
-                Err(e) => {
-                    warn!(
-                        "cannot watch {}: {e}; reload with SIGHUP or POST /reload",
-                        self.reloader.path().display()
-                    );
-                    None
-                }
-            }
-        } else {
-            None
-        };
+        let mut files = self.files();
+        let mut watcher = self.watcher(&files, &tx);
         let mut hup = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
             Ok(s) => Some(s),
             Err(e) => {
@@ -335,6 +365,14 @@ impl BackgroundService for ReloadService {
                     while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
                     self.reloader.reload("file").await;
                 }
+                // a reload (from any trigger) may name other certificate files
+                _ = tokio::time::sleep(WATCH_REFRESH) => {}
+            }
+            let now = self.files();
+            if now != files {
+                drop(watcher.take());
+                watcher = self.watcher(&now, &tx);
+                files = now;
             }
         }
     }

@@ -84,6 +84,14 @@ impl ServerSettings {
         })
     }
 
+    /// Every listener's certificate and key files.
+    pub fn tls_files(&self) -> Vec<std::path::PathBuf> {
+        (self.listeners.iter())
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.files.iter().cloned())
+            .collect()
+    }
+
     /// SHA-256 digests of every listener's certificate and key files, in order.
     pub fn tls_digest(&self) -> Vec<u8> {
         (self.listeners.iter())

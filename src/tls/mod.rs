@@ -28,6 +28,8 @@ pub struct TlsListener {
     pub(crate) digest: Vec<u8>,
     /// (first name, expiry in Unix seconds) per certificate.
     pub(crate) expiries: Vec<(String, i64)>,
+    /// The certificate and key files, as resolved (watched for changes).
+    pub(crate) files: Vec<std::path::PathBuf>,
 }
 
 impl fmt::Debug for TlsListener {
@@ -60,8 +62,11 @@ pub(crate) fn compile(
     let mut digest = Vec::with_capacity(32 * tls.certificates.len());
     let mut expiries = Vec::new();
     let mut keys = Vec::new();
+    let mut files = Vec::new();
     for (i, c) in tls.certificates.iter().enumerate() {
-        let loaded = certs::load(&base_dir.join(&c.cert), &base_dir.join(&c.key), now);
+        let (cert, key) = (base_dir.join(&c.cert), base_dir.join(&c.key));
+        let loaded = certs::load(&cert, &key, now);
+        files.extend([cert, key]);
         let Some(cert) = s.item("certificates", i).take("", loaded) else {
             continue;
         };
@@ -111,6 +116,7 @@ pub(crate) fn compile(
         handshake_timeout: tls.handshake_timeout.0,
         digest,
         expiries,
+        files,
     }))
 }
 
