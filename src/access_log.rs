@@ -18,6 +18,11 @@ pub struct Entry<'a> {
     pub request_id: &'a str,
     pub client_ip: std::net::IpAddr,
     pub method: &'a str,
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub protocol: &'a str,
+    /// The TLS version on HTTPS listeners (`TLSv1.3`, ...).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub tls: Option<&'a str>,
     pub host: &'a str,
     pub path: &'a str,
     pub route: &'a str,

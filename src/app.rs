@@ -135,12 +135,16 @@ fn proxy_service(
     // stream, like an idle HTTP/1 keep-alive connection (Pingora's default: never)
     let mut options = pingora_core::apps::HttpServerOptions::default();
     options.h2_idle_timeout = Some(std::time::Duration::from_secs(60));
+    // Pingora's h2 server looks for the h2c preface only on connections the guard hands it
+    // (plain listeners with `h2c: true` whose first bytes are the preface)
+    options.h2c = true;
     http.server_options = Some(options);
     let guarded = Guarded::new(
         http,
         Arc::clone(state),
         metrics.connections.active.with_label_values(&["proxy"]),
         metrics.connections.accepted.with_label_values(&["proxy"]),
+        metrics.tls.handshakes.clone(),
     );
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);

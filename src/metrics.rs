@@ -45,6 +45,39 @@ pub(crate) struct ConnectionMetrics {
     pub(crate) accepted: IntCounterVec,
 }
 
+/// Series of HTTPS listeners.
+pub(crate) struct TlsMetrics {
+    pub(crate) handshakes: IntCounterVec,
+    pub(crate) expiry: prometheus::GaugeVec,
+}
+
+impl TlsMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = TlsMetrics {
+            handshakes: counter_vec(
+                "gatehouse_tls_handshakes_total",
+                "TLS handshakes on HTTPS listeners, by listener and result (ok, error, timeout).",
+                &["listener", "result"],
+            )?,
+            expiry: prometheus::GaugeVec::new(
+                Opts::new(
+                    "gatehouse_tls_certificate_expiry_seconds",
+                    "Unix time at which a served certificate expires, by listener and certificate (its first name).",
+                ),
+                &["listener", "certificate"],
+            )?,
+        };
+        register(
+            registry,
+            vec![Box::new(m.handshakes.clone()), Box::new(m.expiry.clone())],
+        )?;
+        Ok(m)
+    }
+}
+
+/// Results of `gatehouse_tls_handshakes_total{result}`.
+pub(crate) const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "error", "timeout"];
+
 /// Series of config loads.
 pub(crate) struct ConfigMetrics {
     pub(crate) reloads: IntCounterVec,
@@ -88,6 +121,7 @@ pub struct Metrics {
     pub(crate) connections: ConnectionMetrics,
     pub(crate) config: ConfigMetrics,
     pub(crate) decisions: DecisionMetrics,
+    pub(crate) tls: TlsMetrics,
     pub(crate) cache_size: IntGauge,
     pub(crate) access_log_dropped: IntCounter,
 }
@@ -364,6 +398,7 @@ impl Metrics {
             connections: ConnectionMetrics::new(&registry)?,
             config: ConfigMetrics::new(&registry)?,
             decisions: DecisionMetrics::new(&registry, plugins)?,
+            tls: TlsMetrics::new(&registry)?,
             registry,
             cache_size,
             access_log_dropped,

@@ -251,7 +251,42 @@ pub(crate) fn sync_series(metrics: &Metrics, prev: Option<&Snapshot>, next: &Sna
             now.insert((&g.name, &b.label), b.breaker.is_some());
         }
     }
+    let tls_now = tls_series(&next.server);
+    for (listener, names) in &tls_now {
+        for (name, not_after) in names {
+            metrics
+                .tls
+                .expiry
+                .with_label_values(&[listener.as_str(), name.as_str()])
+                .set(*not_after as f64);
+        }
+        for result in crate::metrics::HANDSHAKE_RESULTS {
+            metrics
+                .tls
+                .handshakes
+                .with_label_values(&[listener.as_str(), result]);
+        }
+    }
     let Some(prev) = prev else { return };
+    for (listener, names) in tls_series(&prev.server) {
+        let kept = tls_now.iter().find(|(l, _)| *l == listener);
+        for (name, _) in &names {
+            if !kept.is_some_and(|(_, n)| n.iter().any(|(m, _)| m == name)) {
+                let _ = metrics
+                    .tls
+                    .expiry
+                    .remove_label_values(&[listener.as_str(), name.as_str()]);
+            }
+        }
+        if kept.is_none() {
+            for result in crate::metrics::HANDSHAKE_RESULTS {
+                let _ = metrics
+                    .tls
+                    .handshakes
+                    .remove_label_values(&[listener.as_str(), result]);
+            }
+        }
+    }
     for g in prev.upstreams.values() {
         if !next.upstreams.contains_key(&*g.name) {
             metrics.remove_upstream(&g.name);
@@ -266,6 +301,13 @@ pub(crate) fn sync_series(metrics: &Metrics, prev: Option<&Snapshot>, next: &Sna
     for r in prev.routes.iter().filter(|r| !ids.contains(&*r.id)) {
         r.metrics.remove(metrics);
     }
+}
+
+/// (listener address, [(certificate name, expiry)]) of every HTTPS listener.
+fn tls_series(server: &crate::state::ServerSettings) -> Vec<(String, Vec<(String, i64)>)> {
+    (server.listeners.iter())
+        .filter_map(|l| Some((l.addr.to_string(), l.tls.as_ref()?.expiries.clone())))
+        .collect()
 }
 
 /// Watches the config file and SIGHUP, and reloads on either.

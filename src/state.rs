@@ -53,6 +53,8 @@ pub struct Route {
 pub struct Listener {
     pub addr: std::net::SocketAddr,
     pub tls: Option<Arc<crate::tls::TlsListener>>,
+    /// Cleartext HTTP/2 (prior knowledge) accepted beside HTTP/1.1.
+    pub h2c: bool,
 }
 
 /// Settings that apply to every request.

@@ -178,6 +178,26 @@ async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
     // the plain listener still speaks plain HTTP
     assert_eq!(gw.get("/plain").await.status(), 200);
     assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
+    // handshakes and certificate expiry in the metrics
+    let m = gw.metrics().await;
+    let listener = format!("listener=\"127.0.0.1:{https}\"");
+    for cert in ["a.test", "*.wild.test"] {
+        let series = format!(
+            "gatehouse_tls_certificate_expiry_seconds{{certificate=\"{cert}\",{listener}}}"
+        );
+        assert!(m.contains(&series), "missing {series}\n{m}");
+    }
+    let ok = format!("gatehouse_tls_handshakes_total{{{listener},result=\"ok\"}}");
+    let error = format!("gatehouse_tls_handshakes_total{{{listener},result=\"error\"}}");
+    assert!(gw.metric(&ok).await >= 3.0);
+    let counted = common::eventually(Duration::from_secs(3), || async {
+        gw.metric(&error).await >= 1.0
+    })
+    .await;
+    assert!(
+        counted,
+        "the handshakes whose certificate the client rejected"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -271,7 +291,7 @@ async fn a_stalled_handshake_is_cut_at_its_timeout() {
     let ca = Ca::new();
     ca.leaf("a", &["a.test"], false);
     let up = TestUpstream::start("up").await;
-    let (_gw, https) = gateway(&ca, &up, &["a"], "        handshake_timeout: 500ms\n").await;
+    let (gw, https) = gateway(&ca, &up, &["a"], "        handshake_timeout: 500ms\n").await;
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", https))
         .await
         .unwrap();
@@ -287,6 +307,14 @@ async fn a_stalled_handshake_is_cut_at_its_timeout() {
         .unwrap_or(0);
     assert_eq!(n, 0, "closed without an answer");
     assert!(started.elapsed() < Duration::from_secs(5));
+    let listener = format!("listener=\"127.0.0.1:{https}\"");
+    let timeouts = format!("gatehouse_tls_handshakes_total{{{listener},result=\"timeout\"}}");
+    // counted as the connection is dropped: the client may see the close first
+    let counted = common::eventually(Duration::from_secs(3), || async {
+        gw.metric(&timeouts).await == 1.0
+    })
+    .await;
+    assert!(counted, "{}", gw.metrics().await);
 }
 
 #[test]
@@ -401,6 +429,9 @@ async fn plugins_replies_and_the_access_log_work_over_http2() {
             .any(|l| l.contains("\"status\":429") && l.contains("\"route\":\"limited\"")),
         "{text}"
     );
+    let line: serde_json::Value = serde_json::from_str(text.lines().next().unwrap()).unwrap();
+    assert_eq!(line["protocol"], "HTTP/2.0", "{line}");
+    assert!(line["tls"].as_str().unwrap().starts_with("TLS"), "{line}");
     assert!(
         gw.metric("gatehouse_ratelimit_decisions_total{result=\"limited\",route=\"limited\"}")
             .await
@@ -436,5 +467,77 @@ async fn replaced_certificate_files_are_picked_up_without_a_trigger() {
             .await,
         1.0,
         "one reload for the two renamed files"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2c_listener_speaks_http2_with_prior_knowledge_and_http1() {
+    let up = TestUpstream::start("up").await;
+    let plain = Mutex::new(0u16);
+    let gw = TestGateway::start(|p| {
+        let port = free_port();
+        *plain.lock().unwrap() = port;
+        format!(
+            "server:\n  listen:\n    - \"127.0.0.1:{}\"\n    - {{ addr: \"127.0.0.1:{port}\", h2c: true }}\n  access_log: off\nadmin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n  up:\n    backends: [\"{}\"]\nroutes:\n  - {{ id: all, upstream: up }}\n",
+            p.proxy, p.admin, up.addr
+        )
+    })
+    .await;
+    let port = *plain.lock().unwrap();
+    let h2 = reqwest::Client::builder()
+        .http2_prior_knowledge()
+        .build()
+        .unwrap();
+    for _ in 0..3 {
+        let r = h2
+            .get(format!("http://127.0.0.1:{port}/x"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.version()),
+            (200, reqwest::Version::HTTP_2)
+        );
+    }
+    assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
+    let r = gw
+        .client
+        .get(format!("http://127.0.0.1:{port}/y"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        (r.status().as_u16(), r.version()),
+        (200, reqwest::Version::HTTP_11)
+    );
+    // HTTP/2 prior knowledge on a listener without h2c is not HTTP/2
+    assert!(h2.get(gw.url("/z")).send().await.is_err());
+    // h2c is for plain listeners
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let listener = tls_listener(free_port(), ca.dir.path(), &["a"], "")
+        .replace("      tls:", "      h2c: true\n      tls:");
+    let (code, out) = check_yaml(&format!(
+        "server:\n  listen:\n{listener}upstreams:\n  up: {{ backends: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ id: all, upstream: up }}\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("server.listen[0].h2c: h2c is for plain listeners"),
+        "{out}"
+    );
+    // a typo inside a listener names the field
+    let listener = tls_listener(
+        free_port(),
+        ca.dir.path(),
+        &["a"],
+        "        min_versoin: \"1.3\"\n",
+    );
+    let (code, out) = check_yaml(&format!(
+        "server:\n  listen:\n{listener}upstreams:\n  up: {{ backends: [\"127.0.0.1:1\"] }}\nroutes:\n  - {{ id: all, upstream: up }}\n"
+    ));
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("server.listen[0]: tls.min_versoin: unknown field `min_versoin`"),
+        "{out}"
     );
 }

@@ -160,11 +160,28 @@ fn default_listen() -> Vec<RawListen> {
 }
 
 /// One `server.listen` entry: a plain address, or an address with settings.
-#[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone, PartialEq)]
 pub enum RawListen {
     Addr(String),
     Full(RawListener),
+}
+
+impl<'de> Deserialize<'de> for RawListen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        use serde::de::Error;
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(addr) => Ok(RawListen::Addr(addr)),
+            v @ serde_yaml::Value::Mapping(_) => {
+                // the nested error (e.g. `tls: unknown field ...`) says which field
+                serde_path_to_error::deserialize(v)
+                    .map(RawListen::Full)
+                    .map_err(|e| D::Error::custom(format!("{}: {}", e.path(), e.inner())))
+            }
+            _ => Err(D::Error::custom(
+                "expected \"ip:port\" or { addr: \"ip:port\", tls: {...} }",
+            )),
+        }
+    }
 }
 
 impl RawListen {
@@ -184,6 +201,9 @@ pub struct RawListener {
     pub addr: String,
     #[serde(default)]
     pub tls: Option<RawTls>,
+    /// Cleartext HTTP/2 with prior knowledge (`h2c`) beside HTTP/1.1 on a plain listener.
+    #[serde(default)]
+    pub h2c: bool,
 }
 
 /// `server.listen[i].tls`: HTTPS on this listener.

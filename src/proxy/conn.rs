@@ -52,10 +52,15 @@ pub struct Guarded<A> {
     pub active_gauge: prometheus::IntGauge,
     /// `gatehouse_connections_accepted_total{listener="proxy"}`
     pub accepted: prometheus::IntCounter,
+    /// `gatehouse_tls_handshakes_total{listener,result}`
+    pub handshakes: prometheus::IntCounterVec,
     /// Set (and `idle_close` notified) when idle connections are to be closed (cleanup).
     pub closed: std::sync::atomic::AtomicBool,
     pub idle_close: Notify,
 }
+
+/// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How long a keep-alive connection may wait for its next request: Pingora's keep-alive
 /// timeout, which gatehouse keeps.
@@ -68,8 +73,10 @@ impl<A> Guarded<A> {
         state: Arc<SharedState>,
         active_gauge: prometheus::IntGauge,
         accepted: prometheus::IntCounter,
+        handshakes: prometheus::IntCounterVec,
     ) -> Self {
         Guarded {
+            handshakes,
             inner: Arc::new(inner),
             state,
             active: Arc::new(AtomicUsize::new(0)),
@@ -149,10 +156,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     ) -> Option<Stream> {
         let snap = self.state.snapshot();
         let (max, head_timeout) = (snap.server.max_connections, snap.server.header_read_timeout);
-        let tls = (session.get_socket_digest())
+        let listener = (session.get_socket_digest())
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
-            .and_then(|local| snap.server.listener_for(local))
-            .and_then(|l| l.tls.clone());
+            .and_then(|local| snap.server.listener_for(local));
+        let h2c = listener.is_some_and(|l| l.h2c);
+        let tls = listener.and_then(|l| Some((l.addr, l.tls.clone()?)));
         drop(snap);
         self.accepted.inc();
         self.active_gauge.inc();
@@ -164,7 +172,14 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
         // the handshake counts against the cap and has its own deadline
         let session = match tls {
-            Some(tls) => handshake(session, &tls).await?,
+            Some((addr, tls)) => {
+                let (stream, result) = handshake(session, &tls).await;
+                let listener = addr.to_string();
+                self.handshakes
+                    .with_label_values(&[listener.as_str(), result])
+                    .inc();
+                stream?
+            }
             None => session,
         };
         let mut hd = Box::new(HeadDeadline::new(session, head_timeout));
@@ -177,6 +192,19 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             }
             hd.pass_through();
             return ServerApp::process_new(&self.inner, hd, shutdown).await;
+        }
+        if h2c {
+            // prior knowledge: a connection that starts with the HTTP/2 preface is HTTP/2
+            if !self.wait_for_request(&mut hd, None, &mut waits).await {
+                return None;
+            }
+            if hd.h2_preface_pending() {
+                if !hd.fill_pending(H2_PREFACE.len()).await {
+                    return None;
+                }
+                hd.pass_through();
+                return ServerApp::process_new(&self.inner, hd, shutdown).await;
+            }
         }
         self.serve_http1(hd, waits, shutdown).await
     }
@@ -196,23 +224,23 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 
 /// The TLS handshake on an accepted TCP stream, within the listener's handshake timeout.
 /// Failures are the client's business: logged at debug, the connection closed.
-async fn handshake(session: Stream, tls: &TlsListener) -> Option<Stream> {
+async fn handshake(session: Stream, tls: &TlsListener) -> (Option<Stream>, &'static str) {
     let peer = session
         .get_socket_digest()
         .and_then(|d| d.peer_addr().map(|a| a.to_string()));
     let Ok(l4) = session.into_any().downcast::<L4Stream>() else {
         log::warn!("TLS listener: the accepted stream is not a TCP stream");
-        return None;
+        return (None, "error");
     };
     match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.tls_handshake(*l4)).await {
-        Ok(Ok(stream)) => Some(Box::new(stream)),
+        Ok(Ok(stream)) => (Some(Box::new(stream)), "ok"),
         Ok(Err(e)) => {
             log::debug!("TLS handshake with {peer:?} failed: {e}");
-            None
+            (None, "error")
         }
         Err(_) => {
             log::debug!("TLS handshake with {peer:?} timed out");
-            None
+            (None, "timeout")
         }
     }
 }
@@ -312,6 +340,36 @@ impl HeadDeadline {
         }
     }
 
+    /// Reads until `n` bytes are pending (the HTTP/2 preface of an h2c client, replayed to
+    /// Pingora's h2 server, which peeks at it): `false` when the stream ended, failed or the
+    /// head deadline passed first.
+    pub async fn fill_pending(&mut self, n: usize) -> bool {
+        std::future::poll_fn(|cx| loop {
+            if self.pending.len() - self.pending_pos >= n {
+                return Poll::Ready(true);
+            }
+            let mut tmp = [std::mem::MaybeUninit::<u8>::uninit(); 64];
+            let mut rb = ReadBuf::uninit(&mut tmp);
+            match self.poll_read_socket(cx, &mut rb) {
+                Poll::Ready(Ok(())) if !rb.filled().is_empty() => {
+                    self.pending.drain(..self.pending_pos);
+                    self.pending_pos = 0;
+                    self.pending.extend_from_slice(rb.filled());
+                }
+                Poll::Ready(_) => return Poll::Ready(false),
+                Poll::Pending => return Poll::Pending,
+            }
+        })
+        .await
+    }
+
+    /// Whether the bytes read so far start like the HTTP/2 connection preface.
+    pub fn h2_preface_pending(&self) -> bool {
+        let have = &self.pending[self.pending_pos..];
+        let n = have.len().min(H2_PREFACE.len());
+        n > 0 && have[..n] == H2_PREFACE[..n]
+    }
+
     /// From now on only replays the bytes read while waiting, then passes everything through:
     /// for HTTP/2, whose frames have no head to find (its streams are bounded by Pingora's
     /// h2 settings and idle timeout instead).
@@ -402,6 +460,18 @@ impl AsyncRead for HeadDeadline {
             }
             return Poll::Ready(Ok(()));
         }
+        this.poll_read_socket(cx, buf)
+    }
+}
+
+impl HeadDeadline {
+    /// A read from the socket under the head deadline (the pending bytes are not looked at).
+    fn poll_read_socket(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let this = self;
         // the deadline is enforced by the timer below, polled whenever a read of an
         // incomplete head has to wait (a head cannot grow past Pingora's size limit without
         // waiting, so no clock read is needed on reads that find data)

@@ -49,12 +49,19 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
     let ctx = &*ctx;
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let req = s.req_header();
+    let ssl = s.digest().and_then(|d| d.ssl_digest.clone());
     let route = ctx.route.as_deref();
     let entry = Entry {
         time: Timestamp(SystemTime::now()),
         request_id: &ctx.info.request_id,
         client_ip: ctx.info.client_ip,
         method: req.method.as_str(),
+        protocol: match req.version {
+            http::Version::HTTP_2 => "HTTP/2.0",
+            http::Version::HTTP_10 => "HTTP/1.0",
+            _ => "HTTP/1.1",
+        },
+        tls: ssl.as_deref().map(|d| &*d.version),
         host: host_of(s).unwrap_or(""),
         path: req.uri.path(),
         route: route.map_or("", |r| &r.id),

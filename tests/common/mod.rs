@@ -272,13 +272,25 @@ impl Drop for TestUpstream {
     }
 }
 
-/// A free port on 127.0.0.1 (bound then released; `TestGateway` retries if it is taken).
+/// A free port on 127.0.0.1 (bound then released; `TestGateway` retries if it is taken),
+/// never one this test process handed out before: Pingora binds with SO_REUSEPORT, so two
+/// gateways of concurrent tests given the same port would both listen on it and share its
+/// connections.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    for _ in 0..100 {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut given = GIVEN.lock().unwrap();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
+    panic!("no fresh port in 100 tries");
 }
 
 pub fn bin() -> &'static str {

@@ -44,8 +44,15 @@ fn listeners(raw: &RawServer, base_dir: &Path, s: &mut Scope<'_>) -> Vec<Listene
             }
             _ => None,
         };
+        let h2c = matches!(l, RawListen::Full(RawListener { h2c: true, .. }));
+        if h2c && matches!(l, RawListen::Full(RawListener { tls: Some(_), .. })) {
+            ls.error_at(
+                "h2c",
+                "h2c is for plain listeners; a TLS listener offers h2 by ALPN",
+            );
+        }
         if let Some(addr) = addr {
-            out.push(Listener { addr, tls });
+            out.push(Listener { addr, tls, h2c });
         }
     }
     out
