@@ -541,3 +541,80 @@ async fn h2c_listener_speaks_http2_with_prior_knowledge_and_http1() {
         "{out}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handshakes_count_against_max_connections() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    // server-level keys after the listener's tls block
+    let extra = "        handshake_timeout: 1500ms\n  limits: { max_connections: 2 }\n";
+    let (_gw, https) = gateway(&ca, &up, &["a"], extra).await;
+    let mut stalled = Vec::new();
+    for _ in 0..2 {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", https))
+            .await
+            .unwrap();
+        s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01])
+            .await
+            .unwrap();
+        stalled.push(s);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let client = ca.client(https, &["a.test"]);
+    let url = format!("https://a.test:{https}/");
+    assert!(
+        client.get(&url).send().await.is_err(),
+        "two handshakes in progress fill max_connections"
+    );
+    // once they are cut at the handshake timeout, there is room again
+    let served = common::eventually(Duration::from_secs(5), || async {
+        ca.client(https, &["a.test"])
+            .get(&url)
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+    })
+    .await;
+    assert!(served);
+    drop(stalled);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_an_http2_stream_finish() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    up.set_delay(Duration::from_millis(600));
+    let (mut gw, https) = gateway(&ca, &up, &["a"], "").await;
+    let client = ca.client(https, &["a.test"]);
+    let url = format!("https://a.test:{https}/slow");
+    let inflight = tokio::spawn({
+        let client = client.clone();
+        let url = url.clone();
+        async move {
+            client
+                .get(url)
+                .send()
+                .await
+                .map(|r| (r.status().as_u16(), r.version()))
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    gw.signal(libc::SIGTERM);
+    let r = inflight
+        .await
+        .unwrap()
+        .expect("the in-flight stream completes");
+    assert_eq!(r, (200, reqwest::Version::HTTP_2));
+    assert!(
+        gw.wait_exit(Duration::from_secs(10)).is_some(),
+        "exits after the grace period"
+    );
+    assert!(ca
+        .client(https, &["a.test"])
+        .get(&url)
+        .send()
+        .await
+        .is_err());
+}
