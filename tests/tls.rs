@@ -114,6 +114,12 @@ async fn gateway(ca: &Ca, up: &TestUpstream, certs: &[&str], extra: &str) -> (Te
     (gw, port)
 }
 
+/// GET `url`: its status and HTTP version.
+async fn status_and_version(c: &reqwest::Client, url: &str) -> (u16, reqwest::Version) {
+    let r = c.get(url).send().await.unwrap();
+    (r.status().as_u16(), r.version())
+}
+
 fn peer_cert(r: &reqwest::Response) -> Vec<u8> {
     r.extensions()
         .get::<reqwest::tls::TlsInfo>()
@@ -164,16 +170,10 @@ async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
         .http1_only()
         .build()
         .unwrap();
+    let url = format!("https://a.test:{https}/h1");
     for _ in 0..3 {
-        let r = h1
-            .get(format!("https://a.test:{https}/h1"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.status().as_u16(), r.version()),
-            (200, reqwest::Version::HTTP_11)
-        );
+        let got = status_and_version(&h1, &url).await;
+        assert_eq!(got, (200, reqwest::Version::HTTP_11));
     }
     // the plain listener still speaks plain HTTP
     assert_eq!(gw.get("/plain").await.status(), 200);
@@ -488,16 +488,10 @@ async fn h2c_listener_speaks_http2_with_prior_knowledge_and_http1() {
         .http2_prior_knowledge()
         .build()
         .unwrap();
+    let url = format!("http://127.0.0.1:{port}/x");
     for _ in 0..3 {
-        let r = h2
-            .get(format!("http://127.0.0.1:{port}/x"))
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(
-            (r.status().as_u16(), r.version()),
-            (200, reqwest::Version::HTTP_2)
-        );
+        let got = status_and_version(&h2, &url).await;
+        assert_eq!(got, (200, reqwest::Version::HTTP_2));
     }
     assert_eq!(up.last().header("x-forwarded-proto"), Some("http"));
     let r = gw
