@@ -306,7 +306,7 @@ pub(crate) fn sync_series(metrics: &Metrics, prev: Option<&Snapshot>, next: &Sna
 /// (listener address, [(certificate name, expiry)]) of every HTTPS listener.
 fn tls_series(server: &crate::state::ServerSettings) -> Vec<(String, Vec<(String, i64)>)> {
     (server.listeners.iter())
-        .filter_map(|l| Some((l.addr.to_string(), l.tls.as_ref()?.expiries.clone())))
+        .filter_map(|l| Some((l.label.to_string(), l.tls.as_ref()?.expiries.clone())))
         .collect()
 }
 

@@ -52,6 +52,8 @@ pub struct Route {
 #[derive(Debug, Clone)]
 pub struct Listener {
     pub addr: std::net::SocketAddr,
+    /// `addr` as text, for metric labels (made once).
+    pub label: Arc<str>,
     pub tls: Option<Arc<crate::tls::TlsListener>>,
     /// Cleartext HTTP/2 (prior knowledge) accepted beside HTTP/1.1.
     pub h2c: bool,

@@ -160,7 +160,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
             .and_then(|local| snap.server.listener_for(local));
         let h2c = listener.is_some_and(|l| l.h2c);
-        let tls = listener.and_then(|l| Some((l.addr, l.tls.clone()?)));
+        let tls = listener.and_then(|l| Some((Arc::clone(&l.label), l.tls.clone()?)));
         drop(snap);
         self.accepted.inc();
         self.active_gauge.inc();
@@ -172,11 +172,10 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         }
         // the handshake counts against the cap and has its own deadline
         let session = match tls {
-            Some((addr, tls)) => {
+            Some((listener, tls)) => {
                 let (stream, result) = handshake(session, &tls).await;
-                let listener = addr.to_string();
                 self.handshakes
-                    .with_label_values(&[listener.as_str(), result])
+                    .with_label_values(&[&*listener, result])
                     .inc();
                 stream?
             }

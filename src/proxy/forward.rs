@@ -16,10 +16,11 @@ use crate::state::{Route, UpstreamHost};
 
 /// Rewrites `req` (going upstream) for the request's route.
 pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-    let Some(route) = ctx.route.clone() else {
+    // the route is borrowed for the route's parts, before the parts that update `ctx`
+    let Some(route) = ctx.route.as_deref() else {
         return Ok(());
     };
-    strip_prefix(&route, req)?;
+    strip_prefix(route, req)?;
     match &route.upstream_host {
         UpstreamHost::Keep => {}
         UpstreamHost::Backend => {

@@ -52,7 +52,12 @@ fn listeners(raw: &RawServer, base_dir: &Path, s: &mut Scope<'_>) -> Vec<Listene
             );
         }
         if let Some(addr) = addr {
-            out.push(Listener { addr, tls, h2c });
+            out.push(Listener {
+                addr,
+                label: addr.to_string().into(),
+                tls,
+                h2c,
+            });
         }
     }
     out
