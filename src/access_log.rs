@@ -23,6 +23,12 @@ pub struct Entry<'a> {
     /// The TLS version on HTTPS listeners (`TLSv1.3`, ...).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub tls: Option<&'a str>,
+    /// The server name the TLS client asked for.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sni: Option<&'a str>,
+    /// SHA-256 fingerprint of the verified client certificate (mutual TLS).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub client_cert: Option<&'a str>,
     pub host: &'a str,
     pub path: &'a str,
     pub route: &'a str,

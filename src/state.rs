@@ -46,6 +46,10 @@ pub struct Route {
     pub max_body_size: u64,
     /// Total time upstream (all attempts and backoff), if limited.
     pub timeout: Option<std::time::Duration>,
+    /// Who may use the route by client certificate.
+    pub client_cert: Option<crate::tls::ClientCertRule>,
+    /// `Some(port)`: plain-HTTP requests are redirected to HTTPS (`None` inside: port 443).
+    pub https_redirect: Option<Option<u16>>,
 }
 
 /// A proxy listener as compiled: its address and, for HTTPS, its TLS settings.
@@ -76,6 +80,28 @@ pub struct ServerSettings {
     pub header_read_timeout: std::time::Duration,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// The headers that pass a verified client certificate upstream.
+    pub client_cert_headers: ClientCertHeaders,
+}
+
+/// `server.client_cert_headers`, compiled.
+#[derive(Debug, Clone)]
+pub struct ClientCertHeaders {
+    pub subject: http::HeaderName,
+    pub sans: http::HeaderName,
+    pub fingerprint: http::HeaderName,
+    pub verified: http::HeaderName,
+}
+
+impl Default for ClientCertHeaders {
+    fn default() -> Self {
+        ClientCertHeaders {
+            subject: http::HeaderName::from_static("x-client-cert-subject"),
+            sans: http::HeaderName::from_static("x-client-cert-sans"),
+            fingerprint: http::HeaderName::from_static("x-client-cert-fingerprint"),
+            verified: http::HeaderName::from_static("x-client-cert-verified"),
+        }
+    }
 }
 
 impl ServerSettings {
@@ -86,6 +112,13 @@ impl ServerSettings {
             l.addr.port() == local.port()
                 && (l.addr.ip() == local.ip().to_canonical() || l.addr.ip().is_unspecified())
         })
+    }
+
+    /// Whether any listener asks clients for a certificate.
+    pub fn asks_client_certs(&self) -> bool {
+        (self.listeners.iter())
+            .filter_map(|l| l.tls.as_ref())
+            .any(|t| t.client_auth != crate::config::raw::ClientAuthMode::None)
     }
 
     /// Every listener's certificate and key files.

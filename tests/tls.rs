@@ -12,71 +12,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use common::pki::Ca;
 use common::{check_yaml, free_port, TestGateway, TestUpstream};
-use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-/// A test CA that signs leaf certificates into a directory.
-struct Ca {
-    issuer: Issuer<'static, KeyPair>,
-    pem: String,
-    dir: tempfile::TempDir,
-}
-
-impl Ca {
-    fn new() -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(DnType::CommonName, "gatehouse test CA");
-        let cert = params.self_signed(&key).unwrap();
-        Ca {
-            pem: cert.pem(),
-            issuer: Issuer::new(params, key),
-            dir: tempfile::tempdir().unwrap(),
-        }
-    }
-
-    /// Writes `<file>.pem` and `<file>.key` for `names`; returns the leaf's DER.
-    fn leaf(&self, file: &str, names: &[&str], expired: bool) -> Vec<u8> {
-        let key = KeyPair::generate().unwrap();
-        let mut params =
-            CertificateParams::new(names.iter().map(|n| n.to_string()).collect::<Vec<_>>())
-                .unwrap();
-        params.distinguished_name.push(DnType::CommonName, names[0]);
-        if expired {
-            params.not_before = rcgen::date_time_ymd(2020, 1, 1);
-            params.not_after = rcgen::date_time_ymd(2021, 1, 1);
-        }
-        let cert = params.signed_by(&key, &self.issuer).unwrap();
-        // write by rename, as a deploy tool would
-        for (ext, text) in [("pem", cert.pem()), ("key", key.serialize_pem())] {
-            let tmp = self.dir.path().join(format!("{file}.{ext}.tmp"));
-            std::fs::write(&tmp, text).unwrap();
-            std::fs::rename(&tmp, self.path(&format!("{file}.{ext}"))).unwrap();
-        }
-        cert.der().to_vec()
-    }
-
-    fn path(&self, file: &str) -> PathBuf {
-        self.dir.path().join(file)
-    }
-
-    fn client(&self, https_port: u16, names: &[&str]) -> reqwest::Client {
-        let mut b = reqwest::Client::builder()
-            .use_rustls_tls()
-            .tls_built_in_root_certs(false)
-            .add_root_certificate(reqwest::Certificate::from_pem(self.pem.as_bytes()).unwrap())
-            .tls_info(true)
-            .timeout(Duration::from_secs(10));
-        for n in names {
-            b = b.resolve(n, SocketAddr::from(([127, 0, 0, 1], https_port)));
-        }
-        b.build().unwrap()
-    }
-}
 
 fn tls_listener(https: u16, dir: &Path, certs: &[&str], extra: &str) -> String {
     let list: Vec<String> = certs

@@ -3,10 +3,10 @@
 //!
 //! ```yaml
 //! - rate_limit:
-//!     key: client_ip          # client_ip | global | "header:X-Api-Key" | "claim:sub"
+//!     key: client_ip          # client_ip | global | client_cert | "header:X-Api-Key" | "claim:sub"
 //!     requests: 100
 //!     per: 1s                 # 1s, 1m, 1h ... (at least 1s)
-//!     missing_key: reject     # header/claim keys: reject (401) | client_ip (fall back)
+//!     missing_key: reject     # header/claim/client_cert keys: reject (401) | client_ip (fall back)
 //!     status: 429
 //!     name: per-ip            # policy name in the RateLimit headers (default: the key)
 //!     active_keys: 10000      # sizing of the estimator (memory), see below
@@ -93,6 +93,8 @@ pub enum Missing {
 enum KeyKind {
     ClientIp,
     Global,
+    /// The SHA-256 fingerprint of the verified client certificate (mutual TLS).
+    ClientCert,
     Header(HeaderName),
     Claim(String),
 }
@@ -165,6 +167,11 @@ impl Plugin for RateLimit {
             let text;
             let value: Option<&[u8]> = match &self.kind {
                 KeyKind::ClientIp | KeyKind::Global => None,
+                KeyKind::ClientCert => cx
+                    .info
+                    .client_cert
+                    .as_ref()
+                    .map(|c| c.fingerprint.as_bytes()),
                 KeyKind::Header(h) => s.req_header().headers.get(h).map(|v| v.as_bytes()),
                 KeyKind::Claim(c) => match cx
                     .info
@@ -243,6 +250,7 @@ impl PluginSpec for RateLimit {
         let kind = match c.key.split_once(':') {
             None if c.key == "client_ip" => KeyKind::ClientIp,
             None if c.key == "global" => KeyKind::Global,
+            None if c.key == "client_cert" => KeyKind::ClientCert,
             Some(("header", h)) => KeyKind::Header(
                 HeaderName::from_bytes(h.trim().as_bytes()).map_err(|_| BuildError::at("key", format!("invalid header name `{h}`")))?,
             ),
@@ -250,7 +258,7 @@ impl PluginSpec for RateLimit {
             _ => {
                 return Err(BuildError::at(
                     "key",
-                    format!("unknown key `{}`: use client_ip, global, \"header:<Name>\" or \"claim:<name>\"", c.key),
+                    format!("unknown key `{}`: use client_ip, global, client_cert, \"header:<Name>\" or \"claim:<name>\"", c.key),
                 ))
             }
         };
@@ -391,6 +399,40 @@ mod tests {
         assert_eq!(run(&q, "192.0.2.1", "").await.0, 200);
         assert_eq!(run(&q, "192.0.2.1", "").await.0, 429);
         assert_eq!(run(&q, "192.0.2.9", "").await.0, 200);
+    }
+
+    #[tokio::test]
+    async fn client_cert_key_counts_per_certificate() {
+        let p = build("key: client_cert\nrequests: 1\nper: 1m").unwrap();
+        let go = |fp: Option<&str>| {
+            let cert = fp.map(|f| {
+                std::sync::Arc::new(crate::api::ClientCert {
+                    subject: "CN=ops-1".into(),
+                    sans: vec![],
+                    fingerprint: f.into(),
+                    serial: "01".into(),
+                    not_after: 0,
+                })
+            });
+            let p = &p;
+            async move {
+                let mut s = session_from_bytes(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
+                    .await
+                    .unwrap();
+                let mut info = test_info();
+                info.client_cert = cert;
+                let mut slot = None;
+                let mut cx = PluginCtx::new(&mut info, &mut slot);
+                match p.request_filter(&mut s, &mut cx).await.unwrap() {
+                    Flow::Respond(r) => r.status,
+                    Flow::Continue => 200,
+                }
+            }
+        };
+        assert_eq!(go(Some("aa11")).await, 200);
+        assert_eq!(go(Some("aa11")).await, 429, "same certificate again");
+        assert_eq!(go(Some("bb22")).await, 200, "another certificate");
+        assert_eq!(go(None).await, 401, "no certificate: missing key");
     }
 
     #[test]

@@ -68,6 +68,31 @@ pub struct RawServer {
     /// default: each worker runs its own connections, which is cheaper per request.
     #[serde(default)]
     pub work_stealing: bool,
+    /// Request headers that carry a verified client certificate upstream (mutual TLS). Every
+    /// copy a client sent of them is removed first, on every listener.
+    #[serde(default)]
+    pub client_cert_headers: RawClientCertHeaders,
+}
+
+/// `server.client_cert_headers`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RawClientCertHeaders {
+    pub subject: String,
+    pub sans: String,
+    pub fingerprint: String,
+    pub verified: String,
+}
+
+impl Default for RawClientCertHeaders {
+    fn default() -> Self {
+        RawClientCertHeaders {
+            subject: "x-client-cert-subject".into(),
+            sans: "x-client-cert-sans".into(),
+            fingerprint: "x-client-cert-fingerprint".into(),
+            verified: "x-client-cert-verified".into(),
+        }
+    }
 }
 
 fn default_true() -> bool {
@@ -225,6 +250,33 @@ pub struct RawTls {
     /// The whole handshake must complete in this time.
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: NonZeroDur,
+    /// Mutual TLS: whether clients are asked for a certificate, and the CA that signs them.
+    #[serde(default)]
+    pub client_auth: RawClientAuth,
+}
+
+/// `server.listen[i].tls.client_auth`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientAuth {
+    #[serde(default)]
+    pub mode: ClientAuthMode,
+    /// PEM file of the CA certificate(s) client chains must lead to.
+    #[serde(default)]
+    pub ca: Option<String>,
+}
+
+/// Whether a listener asks clients for a certificate.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuthMode {
+    /// No certificate is asked for.
+    #[default]
+    None,
+    /// Asked for; a client without one connects, one with a bad one does not.
+    Optional,
+    /// A verified certificate is needed to connect at all.
+    Required,
 }
 
 /// A certificate chain (PEM, leaf first) and its private key (PEM).
@@ -270,6 +322,7 @@ impl Default for RawServer {
             log_level: None,
             work_stealing: false,
             read_buffer: default_read_buffer(),
+            client_cert_headers: RawClientCertHeaders::default(),
         }
     }
 }
@@ -318,6 +371,37 @@ pub struct RawUpstream {
     pub retry: Option<RawRetry>,
     #[serde(default)]
     pub pool: Option<RawPool>,
+    /// TLS to the backends.
+    #[serde(default)]
+    pub tls: Option<RawUpstreamTls>,
+    /// Cleartext HTTP/2 with prior knowledge to the backends (gRPC servers without TLS).
+    #[serde(default)]
+    pub h2c: bool,
+}
+
+/// `upstreams.<name>.tls`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawUpstreamTls {
+    /// The server name sent and verified; absent: each backend's host as written.
+    #[serde(default)]
+    pub sni: Option<String>,
+    /// Verify the backend's certificate chain and name.
+    #[serde(default = "default_true")]
+    pub verify: bool,
+    /// PEM CA certificate(s) to verify against; absent: the system roots.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// A client certificate for backends that ask for one (upstream mutual TLS).
+    #[serde(default)]
+    pub client_cert: Option<RawCertificate>,
+    /// Protocols offered by ALPN: `http/1.1` (default) and/or `h2`.
+    #[serde(default = "default_upstream_alpn")]
+    pub alpn: Vec<String>,
+}
+
+fn default_upstream_alpn() -> Vec<String> {
+    vec!["http/1.1".to_string()]
 }
 
 /// `circuit_breaker:` passive failure detection per backend.
@@ -554,6 +638,39 @@ pub struct RawRoute {
     pub timeout: Option<NonZeroDur>,
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// Who may use this route by client certificate (mutual TLS).
+    #[serde(default)]
+    pub client_cert: Option<RawClientCertRule>,
+    /// Requests that arrive over plain HTTP are answered 308 to the same URL over HTTPS.
+    #[serde(default)]
+    pub https_redirect: bool,
+    /// The port in the redirect's URL (absent: 443, left out of the URL).
+    #[serde(default)]
+    pub https_port: Option<u16>,
+}
+
+/// `routes[i].client_cert`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertRule {
+    /// Without a verified certificate the route answers 403.
+    #[serde(default = "default_true")]
+    pub required: bool,
+    #[serde(default)]
+    pub allow: RawClientCertAllow,
+}
+
+/// `routes[i].client_cert.allow`: a certificate passes when any entry matches (`*` wildcards),
+/// or when every list is empty.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawClientCertAllow {
+    #[serde(default)]
+    pub subjects: Vec<String>,
+    #[serde(default)]
+    pub sans: Vec<String>,
+    #[serde(default)]
+    pub fingerprints: Vec<String>,
 }
 
 fn default_upstream_host() -> String {

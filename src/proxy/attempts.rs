@@ -155,7 +155,7 @@ pub(super) async fn upstream_peer(
         return Err(Failure::NoHealthyBackend.error(503));
     };
     ctx.attempt.tried.push(backend.addr);
-    let mut peer = HttpPeer::new(backend.addr, false, String::new());
+    let mut peer = group.transport.peer(backend.addr);
     let t = &group.timeouts;
     let cap = |d: Duration| Some(remaining.map_or(d, |r| d.min(r)));
     peer.options.connection_timeout = cap(t.connect);

@@ -231,7 +231,14 @@ async fn handshake(session: Stream, tls: &TlsListener) -> (Option<Stream>, &'sta
         log::warn!("TLS listener: the accepted stream is not a TCP stream");
         return (None, "error");
     };
-    match tokio::time::timeout(tls.handshake_timeout, tls.acceptor.tls_handshake(*l4)).await {
+    // the hook records SNI and the verified client certificate in the session digest, where
+    // every request of the connection (HTTP/1 or h2) finds them
+    let hs = pingora_core::protocols::tls::server::handshake_with_callback(
+        &tls.acceptor,
+        *l4,
+        &crate::tls::client::Identify,
+    );
+    match tokio::time::timeout(tls.handshake_timeout, hs).await {
         Ok(Ok(stream)) => (Some(Box::new(stream)), "ok"),
         Ok(Err(e)) => {
             log::debug!("TLS handshake with {peer:?} failed: {e}");

@@ -10,6 +10,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Instant;
 
 use gatehouse_plugins::RequestInfo;
+use pingora_core::protocols::tls::SslDigest;
 use pingora_proxy::Session;
 
 use super::attempts::AttemptState;
@@ -19,6 +20,7 @@ use super::error_page::Failure;
 use super::pipeline::ChainState;
 use super::trace::{self, Trace};
 use crate::state::{Route, Snapshot};
+use crate::tls::ConnTls;
 
 /// State one request carries through the Pingora hooks.
 pub struct Ctx {
@@ -31,6 +33,8 @@ pub struct Ctx {
     pub(crate) start: Instant,
     /// The socket peer's IP (before `X-Forwarded-For`).
     pub(crate) peer_ip: IpAddr,
+    /// The connection's TLS session (None on plain listeners).
+    pub(crate) ssl: Option<Arc<SslDigest>>,
     /// The W3C trace this request belongs to: the client's, or (see [`Ctx::trace`]) a fresh
     /// one made when first needed.
     trace: Trace,
@@ -58,6 +62,7 @@ impl Ctx {
             info: RequestInfo::new(String::new(), IpAddr::V4(Ipv4Addr::UNSPECIFIED), empty_id()),
             start: Instant::now(),
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
+            ssl: None,
             trace: Trace::default(),
             request_id_header: None,
             failure: None,
@@ -85,12 +90,24 @@ impl Ctx {
             let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
             self.info.client_ip = client_ip(peer, xff, fwd, &self.snap.server);
         }
+        if let Some(ssl) = s.digest().and_then(|d| d.ssl_digest.as_ref()) {
+            self.info.client_cert =
+                (ssl.extension.get::<ConnTls>()).and_then(|t| t.client_cert.clone());
+            self.ssl = Some(Arc::clone(ssl));
+        }
         if let Some(t) = h
             .get("traceparent")
             .and_then(|v| trace::parse(v.as_bytes()))
         {
             self.trace = t;
         }
+    }
+
+    /// What the TLS handshake established (SNI, client certificate), on TLS listeners.
+    pub(crate) fn conn_tls(&self) -> Option<&ConnTls> {
+        self.ssl
+            .as_deref()
+            .and_then(|d| d.extension.get::<ConnTls>())
     }
 
     /// The request's trace, made now if the client sent none (a random trace id costs two

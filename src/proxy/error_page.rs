@@ -17,11 +17,15 @@ pub(crate) enum Failure {
     NoRoute,
     BodyTooLarge,
     RejectedByPlugin,
+    ClientCertRequired,
+    ClientCertNotAllowed,
+    Misdirected,
     RouteTimeout,
     NoHealthyBackend,
     UpstreamConnectTimeout,
     UpstreamTimeout,
     UpstreamUnreachable,
+    UpstreamTls,
     BadUpstreamResponse,
     RequestTimeout,
     ClientClosed,
@@ -38,11 +42,15 @@ impl Failure {
             Failure::NoRoute => "no route",
             Failure::BodyTooLarge => "request body too large",
             Failure::RejectedByPlugin => "rejected by plugin",
+            Failure::ClientCertRequired => "client certificate required",
+            Failure::ClientCertNotAllowed => "client certificate not allowed",
+            Failure::Misdirected => "misdirected request",
             Failure::RouteTimeout => "route timeout",
             Failure::NoHealthyBackend => "no healthy backend",
             Failure::UpstreamConnectTimeout => "upstream connect timeout",
             Failure::UpstreamTimeout => "upstream timeout",
             Failure::UpstreamUnreachable => "upstream unreachable",
+            Failure::UpstreamTls => "upstream TLS handshake failed",
             Failure::BadUpstreamResponse => "bad upstream response",
             Failure::RequestTimeout => "request timeout",
             Failure::ClientClosed => "client closed",
@@ -66,6 +74,7 @@ pub(crate) fn classify(e: &Error) -> (u16, Failure) {
         (HTTPStatus(413), _) => (413, Failure::BodyTooLarge),
         (HTTPStatus(code), _) => (*code, Failure::GatewayError),
         (ConnectTimedout, _) | (TLSHandshakeTimedout, _) => (504, Failure::UpstreamConnectTimeout),
+        (TLSHandshakeFailure | InvalidCert | HandshakeError, _) => (502, Failure::UpstreamTls),
         (ReadTimedout | WriteTimedout, ErrorSource::Upstream) => (504, Failure::UpstreamTimeout),
         (ConnectRefused | ConnectNoRoute | ConnectError | BindError | SocketError, _) => {
             (502, Failure::UpstreamUnreachable)
@@ -85,6 +94,14 @@ pub(crate) async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> 
     let (code, failure) = classify(e);
     // a failure the gateway named itself (route timeout, ...) keeps its name
     let failure = *ctx.failure.get_or_insert(failure);
+    if failure == Failure::UpstreamTls {
+        // the operator's problem (certificate, CA, server name), not the client's
+        log::warn!(
+            "upstream {} backend {}: {e}",
+            ctx.route.as_ref().map_or("-", |r| &*r.upstream.name),
+            ctx.attempt.backend().map_or("-", |b| &*b.label),
+        );
+    }
     // Pingora does not reuse the client connection after a proxy error (its reuse hint only
     // covers errors before a backend is chosen): say so instead of closing under the
     // client's next request

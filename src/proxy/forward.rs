@@ -31,6 +31,7 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
         UpstreamHost::Fixed(v) => req.insert_header(http::header::HOST, v.clone())?,
     }
     forwarded(s, req, ctx)?;
+    client_cert_headers(req, ctx)?;
     req.insert_header("x-request-id", ctx.request_id_value())?;
     let traceparent = http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace()))
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
@@ -81,8 +82,7 @@ fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
         .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
     req.insert_header("x-forwarded-for", xff)?;
     if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
-        let tls = s.digest().is_some_and(|d| d.ssl_digest.is_some());
-        let proto = if tls { "https" } else { "http" };
+        let proto = if ctx.ssl.is_some() { "https" } else { "http" };
         req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
     }
     if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
@@ -90,6 +90,40 @@ fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
             req.insert_header("x-forwarded-host", h)?;
         }
     }
+    Ok(())
+}
+
+/// The verified client certificate's subject, SANs, fingerprint and `verified: true`, after
+/// every copy the client sent of those headers is removed (a client cannot claim an identity).
+fn client_cert_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+    let names = &ctx.snap.server.client_cert_headers;
+    for n in [
+        &names.subject,
+        &names.sans,
+        &names.fingerprint,
+        &names.verified,
+    ] {
+        req.remove_header(n);
+    }
+    let Some(cert) = &ctx.info.client_cert else {
+        return Ok(());
+    };
+    let value = |v: &str| http::HeaderValue::from_bytes(v.as_bytes()).ok();
+    if let Some(v) = value(&cert.subject) {
+        req.insert_header(names.subject.clone(), v)?;
+    }
+    if !cert.sans.is_empty() {
+        if let Some(v) = value(&cert.sans.join(", ")) {
+            req.insert_header(names.sans.clone(), v)?;
+        }
+    }
+    if let Some(v) = value(&cert.fingerprint) {
+        req.insert_header(names.fingerprint.clone(), v)?;
+    }
+    req.insert_header(
+        names.verified.clone(),
+        http::HeaderValue::from_static("true"),
+    )?;
     Ok(())
 }
 

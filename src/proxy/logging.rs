@@ -49,7 +49,6 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
     let ctx = &*ctx;
     let ms = |d: std::time::Duration| (d.as_secs_f64() * 1e6).round() / 1e3;
     let req = s.req_header();
-    let ssl = s.digest().and_then(|d| d.ssl_digest.clone());
     let route = ctx.route.as_deref();
     let entry = Entry {
         time: Timestamp(SystemTime::now()),
@@ -61,7 +60,9 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
             http::Version::HTTP_10 => "HTTP/1.0",
             _ => "HTTP/1.1",
         },
-        tls: ssl.as_deref().map(|d| &*d.version),
+        tls: ctx.ssl.as_deref().map(|d| &*d.version),
+        sni: ctx.conn_tls().and_then(|t| t.sni.as_deref()),
+        client_cert: ctx.info.client_cert.as_deref().map(|c| &*c.fingerprint),
         host: host_of(s).unwrap_or(""),
         path: req.uri.path(),
         route: route.map_or("", |r| &r.id),

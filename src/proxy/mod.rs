@@ -93,9 +93,81 @@ fn admit(s: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
     if let Some(reply) = limits::check_content_length(req, route.max_body_size) {
         return Err(Stop::new(reply, Failure::BodyTooLarge, true));
     }
+    let gate = match (route.https_redirect, &route.client_cert) {
+        (Some(port), _) if ctx.ssl.is_none() => Err(https_redirect(host, req, port)),
+        (_, Some(rule)) => check_client_cert(rule, host, ctx),
+        _ => Ok(()),
+    };
+    // refused requests are still the route's (metrics, access log)
     ctx.info.route_id = Arc::clone(&route.id);
     ctx.route = Some(route);
-    Ok(())
+    gate
+}
+
+/// `host` without its port (`[v6]` keeps its brackets).
+fn host_name(host: &str) -> &str {
+    if host.starts_with('[') {
+        return host.find(']').map_or(host, |i| &host[..=i]);
+    }
+    host.rsplit_once(':').map_or(host, |(n, _)| n)
+}
+
+/// 308 to the same host and path (and query) over HTTPS.
+fn https_redirect(host: Option<&str>, req: &RequestHeader, port: Option<u16>) -> Stop {
+    let name = host.map_or("", host_name);
+    let path = req.uri.path_and_query().map_or("/", |p| p.as_str());
+    let location = match port {
+        Some(p) => format!("https://{name}:{p}{path}"),
+        None => format!("https://{name}{path}"),
+    };
+    let reply = match http::HeaderValue::from_str(&location) {
+        Ok(v) if !name.is_empty() => {
+            Reply::error(308, "use https").with_header(http::header::LOCATION, v)
+        }
+        _ => Reply::error(400, Failure::BadRequest.as_str()),
+    };
+    Stop {
+        reply,
+        failure: None,
+        close: false,
+    }
+}
+
+/// A route's `client_cert` rule: 403 without an allowed verified certificate; 421 when the
+/// client reused a connection made for another host (HTTP/2 coalescing), so that it connects
+/// again for this one and can present its certificate there.
+fn check_client_cert(
+    rule: &crate::tls::ClientCertRule,
+    host: Option<&str>,
+    ctx: &Ctx,
+) -> std::result::Result<(), Stop> {
+    match &ctx.info.client_cert {
+        Some(cert) if rule.allows(cert) => Ok(()),
+        Some(_) => Err(Stop::new(
+            Reply::error(403, Failure::ClientCertNotAllowed.as_str()),
+            Failure::ClientCertNotAllowed,
+            false,
+        )),
+        None if !rule.required => Ok(()),
+        None => {
+            let sni = ctx.conn_tls().and_then(|t| t.sni.as_deref());
+            let name = host.map(host_name);
+            let failure = match (sni, name) {
+                (Some(sni), Some(name)) if !sni.eq_ignore_ascii_case(name) => Failure::Misdirected,
+                _ => Failure::ClientCertRequired,
+            };
+            let status = if failure == Failure::Misdirected {
+                421
+            } else {
+                403
+            };
+            Err(Stop::new(
+                Reply::error(status, failure.as_str()),
+                failure,
+                false,
+            ))
+        }
+    }
 }
 
 /// Writes the reply of `stop`; `request_filter` returns `true` after it.

@@ -6,7 +6,10 @@
 //! (`proxy::conn`), under the connection cap and the listener's handshake timeout.
 
 mod certs;
+pub mod client;
 mod sni;
+
+pub use client::{ClientCertRule, ConnTls};
 
 use std::fmt;
 use std::path::Path;
@@ -28,8 +31,10 @@ pub struct TlsListener {
     pub(crate) digest: Vec<u8>,
     /// (first name, expiry in Unix seconds) per certificate.
     pub(crate) expiries: Vec<(String, i64)>,
-    /// The certificate and key files, as resolved (watched for changes).
+    /// The certificate and key files (and the client CA), as resolved (watched for changes).
     pub(crate) files: Vec<std::path::PathBuf>,
+    /// Whether clients are asked for a certificate.
+    pub(crate) client_auth: crate::config::raw::ClientAuthMode,
 }
 
 impl fmt::Debug for TlsListener {
@@ -37,6 +42,7 @@ impl fmt::Debug for TlsListener {
         f.debug_struct("TlsListener")
             .field("handshake_timeout", &self.handshake_timeout)
             .field("certificates", &self.expiries)
+            .field("client_auth", &self.client_auth)
             .finish()
     }
 }
@@ -90,6 +96,7 @@ pub(crate) fn compile(
         ),
         None => {}
     }
+    let verifier = client_auth(tls, base_dir, &mut digest, &mut files, s);
     let alpn = alpn(&tls.alpn, s);
     let versions: &[&'static rustls::SupportedProtocolVersion] = match tls.min_version.as_str() {
         "1.2" => &[&rustls::version::TLS13, &rustls::version::TLS12],
@@ -107,9 +114,11 @@ pub(crate) fn compile(
         .with_protocol_versions(versions)
         .map_err(|e| s.error(format!("TLS settings rejected: {e}")))
         .ok()?;
-    let mut config = config
-        .with_no_client_auth()
-        .with_cert_resolver(Arc::new(resolver));
+    let config = match verifier.flatten() {
+        Some(v) => config.with_client_cert_verifier(v),
+        None => config.with_no_client_auth(),
+    };
+    let mut config = config.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn;
     Some(Arc::new(TlsListener {
         acceptor: Acceptor::from_server_config(Arc::new(config)),
@@ -117,7 +126,36 @@ pub(crate) fn compile(
         digest,
         expiries,
         files,
+        client_auth: tls.client_auth.mode,
     }))
+}
+
+/// The client-certificate verifier of `tls.client_auth` (at scope `...tls`); the CA file joins
+/// the listener's digest and watched files. `None` when there were errors.
+fn client_auth(
+    tls: &RawTls,
+    base_dir: &Path,
+    digest: &mut Vec<u8>,
+    files: &mut Vec<std::path::PathBuf>,
+    s: &mut Scope<'_>,
+) -> Option<Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>> {
+    use crate::config::raw::ClientAuthMode;
+    use sha2::Digest;
+    let auth = &tls.client_auth;
+    let ca = match (auth.mode, &auth.ca) {
+        (ClientAuthMode::None, _) => return Some(None),
+        (_, None) => {
+            s.error_at("client_auth.ca", "needed when mode is optional or required");
+            return None;
+        }
+        (_, Some(ca)) => base_dir.join(ca),
+    };
+    let v = client::verifier(auth.mode, &ca);
+    if let Ok(bytes) = std::fs::read(&ca) {
+        digest.extend_from_slice(&sha2::Sha256::digest(&bytes));
+    }
+    files.push(ca);
+    s.take("client_auth.ca", v)
 }
 
 fn alpn(list: &[String], s: &mut Scope<'_>) -> Vec<Vec<u8>> {

@@ -105,6 +105,8 @@ pub struct UpstreamGroup {
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
     pub budget: RetryBudget,
+    /// Plain, h2c or TLS, with the TLS settings.
+    pub transport: super::tls::Transport,
     /// `gatehouse_upstream_request_duration_seconds{upstream}`, resolved on first use (not
     /// while compiling: a rejected config must not leave series behind).
     pub latency: std::sync::OnceLock<prometheus::Histogram>,
@@ -121,6 +123,7 @@ pub struct GroupSpec {
     pub timeouts: Timeouts,
     pub breaker: Option<BreakerConfig>,
     pub retry: RetryPolicy,
+    pub transport: super::tls::Transport,
 }
 
 /// Milliseconds on a monotonic clock (breakers and budgets).
@@ -174,6 +177,7 @@ impl UpstreamGroup {
             timeouts: spec.timeouts,
             retry: spec.retry,
             budget: RetryBudget::default(),
+            transport: spec.transport,
             latency: std::sync::OnceLock::new(),
         })
     }

@@ -8,6 +8,7 @@
 //! after `healthy_after` consecutive successes.
 
 use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,7 @@ use pingora_http::RequestHeader;
 use pingora_load_balancing::health_check::{HealthCheck, HttpHealthCheck, TcpHealthCheck};
 use pingora_load_balancing::Backend;
 
+use super::tls::Transport;
 use super::{BackendState, UpstreamGroup};
 use crate::metrics::Metrics;
 
@@ -41,38 +43,56 @@ pub struct HealthSpec {
 }
 
 impl HealthSpec {
-    /// An HTTP probe: `GET path` with `Host: host`, passing on `expect_status`.
+    /// An HTTP probe: `GET path` with `Host: host`, passing on `expect_status`, over the
+    /// group's `transport` (TLS probes use the same server name, CA and client certificate as
+    /// requests do, so a backend with a bad certificate is taken out of rotation).
     pub fn http(
         path: &str,
         host: &str,
         expect_status: u16,
         timing: HealthTiming,
+        transport: &Transport,
+        addrs: &[SocketAddr],
     ) -> Result<Self, String> {
-        let mut hc = HttpHealthCheck::new(host, false);
         let mut req = RequestHeader::build("GET", path.as_bytes(), None)
             .map_err(|e| format!("invalid health check path `{path}`: {e}"))?;
         req.insert_header("Host", host)
             .map_err(|e| format!("invalid health check host `{host}`: {e}"))?;
         req.insert_header("User-Agent", "gatehouse-health-check")
             .map_err(|e| e.to_string())?;
-        hc.req = req;
-        hc.peer_template.options.connection_timeout = Some(timing.timeout);
-        hc.peer_template.options.read_timeout = Some(timing.timeout);
-        hc.peer_template.options.write_timeout = Some(timing.timeout);
-        hc.validator = Some(Box::new(move |resp| {
-            if resp.status.as_u16() == expect_status {
-                Ok(())
-            } else {
-                pingora_error::Error::e_explain(
-                    pingora_error::ErrorType::CustomCode("unexpected status", resp.status.as_u16()),
-                    format!("expected {expect_status}"),
-                )
+        let make = |addr: Option<SocketAddr>| {
+            let mut hc = HttpHealthCheck::new(host, false);
+            hc.req = req.clone();
+            if let Some(addr) = addr {
+                // the template's address is replaced by the backend's for each probe
+                hc.peer_template = transport.peer(addr);
             }
-        }));
-        Ok(HealthSpec {
-            timing,
-            probe: Arc::new(hc),
-        })
+            hc.peer_template.options.connection_timeout = Some(timing.timeout);
+            hc.peer_template.options.read_timeout = Some(timing.timeout);
+            hc.peer_template.options.write_timeout = Some(timing.timeout);
+            hc.validator = Some(Box::new(move |resp| {
+                if resp.status.as_u16() == expect_status {
+                    Ok(())
+                } else {
+                    pingora_error::Error::e_explain(
+                        pingora_error::ErrorType::CustomCode(
+                            "unexpected status",
+                            resp.status.as_u16(),
+                        ),
+                        format!("expected {expect_status}"),
+                    )
+                }
+            }));
+            Arc::new(hc) as Arc<dyn HealthCheck + Send + Sync>
+        };
+        let probe = match transport {
+            Transport::Plain => make(None),
+            // one probe per backend: its peer carries the backend's server name
+            _ => Arc::new(PerBackend(
+                addrs.iter().map(|a| (*a, make(Some(*a)))).collect(),
+            )),
+        };
+        Ok(HealthSpec { timing, probe })
     }
 
     /// A TCP connect probe.
@@ -83,6 +103,27 @@ impl HealthSpec {
             timing,
             probe: Arc::from(hc as Box<dyn HealthCheck + Send + Sync>),
         }
+    }
+}
+
+/// Probes chosen by the backend's address.
+struct PerBackend(HashMap<SocketAddr, Arc<dyn HealthCheck + Send + Sync>>);
+
+#[async_trait]
+impl HealthCheck for PerBackend {
+    async fn check(&self, target: &Backend) -> pingora_error::Result<()> {
+        let probe = target.addr.as_inet().and_then(|a| self.0.get(a));
+        match probe {
+            Some(p) => p.check(target).await,
+            None => pingora_error::Error::e_explain(
+                pingora_error::ErrorType::InternalError,
+                "no probe for this backend",
+            ),
+        }
+    }
+
+    fn health_threshold(&self, _success: bool) -> usize {
+        1
     }
 }
 

@@ -6,5 +6,6 @@ pub mod breaker;
 pub mod group;
 pub mod health;
 pub mod retry;
+pub mod tls;
 
 pub use group::{BackendState, HashKey, UpstreamGroup};

@@ -4,6 +4,8 @@
 
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
+pub mod pki;
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -23,6 +25,8 @@ use hyper_util::server::conn::auto::Builder;
 /// What a [`TestUpstream`] saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
+    /// `HTTP/1.1` or `HTTP/2.0`.
+    pub version: String,
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, Vec<String>>,
@@ -60,6 +64,8 @@ pub struct TestUpstream {
     pub addr: SocketAddr,
     shared: Arc<Shared>,
     tasks: Mutex<Option<tokio::task::JoinSet<()>>>,
+    /// Serves HTTPS with this config (HTTP/2 when its ALPN offers h2).
+    tls: Option<Arc<rustls::ServerConfig>>,
     /// While stopped: the port, bound but not listening, so connecting is refused and no other
     /// test's listener can take the port over.
     reserved: Mutex<Option<tokio::net::TcpSocket>>,
@@ -80,6 +86,7 @@ async fn handle(
             .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
     let seen = Seen {
+        version: format!("{:?}", req.version()),
         method: req.method().to_string(),
         path: req
             .uri()
@@ -138,6 +145,15 @@ async fn handle(
 impl TestUpstream {
     /// Starts a backend named `name` on an ephemeral port.
     pub async fn start(name: &str) -> TestUpstream {
+        Self::start_with_tls(name, None).await
+    }
+
+    /// A backend that speaks TLS with `config` (HTTP/1.1, or HTTP/2 by ALPN).
+    pub async fn start_tls(name: &str, config: rustls::ServerConfig) -> TestUpstream {
+        Self::start_with_tls(name, Some(Arc::new(config))).await
+    }
+
+    async fn start_with_tls(name: &str, tls: Option<Arc<rustls::ServerConfig>>) -> TestUpstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let u = TestUpstream {
@@ -150,6 +166,7 @@ impl TestUpstream {
                 behaviour: Behaviour::default(),
             }),
             tasks: Mutex::new(None),
+            tls,
             reserved: Mutex::new(None),
         };
         u.serve(listener);
@@ -162,6 +179,7 @@ impl TestUpstream {
         let conns: Arc<Mutex<tokio::task::JoinSet<()>>> =
             Arc::new(Mutex::new(tokio::task::JoinSet::new()));
         let conns2 = Arc::clone(&conns);
+        let tls = self.tls.clone().map(tokio_rustls::TlsAcceptor::from);
         set.spawn(async move {
             // holding the connection set here: aborting this task drops (aborts) them all
             let _guard = conns2;
@@ -170,12 +188,22 @@ impl TestUpstream {
                     continue;
                 };
                 let shared = Arc::clone(&shared);
+                let tls = tls.clone();
                 _guard.lock().unwrap().spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req| handle(Arc::clone(&shared), req));
-                    let _ = Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(stream), svc)
-                        .await;
+                    let b = Builder::new(TokioExecutor::new());
+                    match tls {
+                        None => {
+                            let _ = b.serve_connection(TokioIo::new(stream), svc).await;
+                        }
+                        Some(acceptor) => {
+                            // a failed handshake (e.g. a rejected client) just ends here
+                            if let Ok(s) = acceptor.accept(stream).await {
+                                let _ = b.serve_connection(TokioIo::new(s), svc).await;
+                            }
+                        }
+                    }
                 });
             }
         });

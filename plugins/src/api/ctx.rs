@@ -15,6 +15,8 @@ pub struct RequestInfo {
     pub client_ip: IpAddr,
     /// The id of the matched route.
     pub route_id: Arc<str>,
+    /// The client certificate verified during the TLS handshake (mutual TLS listeners).
+    pub client_cert: Option<Arc<crate::api::ClientCert>>,
     /// Typed values plugins share with later plugins (e.g. verified JWT claims). Keyed by type,
     /// so each plugin should insert its own type.
     pub ext: http::Extensions,
@@ -31,6 +33,7 @@ impl RequestInfo {
             request_id,
             client_ip,
             route_id,
+            client_cert: None,
             ext: http::Extensions::new(),
             outcomes: Vec::new(),
         }

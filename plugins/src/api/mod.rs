@@ -18,7 +18,7 @@ pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use pingora_proxy::Session;
 pub use registry::{BuildEnv, BuildError, BuildResult, PluginInstance, Registry};
 pub use reply::{Flow, Reply, ReplyBody};
-pub use shared::{CacheIntent, Claims, VerifiedClaims};
+pub use shared::{CacheIntent, Claims, ClientCert, VerifiedClaims};
 
 /// A plugin instance, built once per config compile and shared by every request of the routes
 /// that list it. All hooks have defaults that do nothing, so a plugin implements only the phases

@@ -27,3 +27,21 @@ pub struct CacheIntent {
     pub stale_while_revalidate: Duration,
     pub stale_if_error: Duration,
 }
+
+/// The verified client certificate of the request's TLS connection (mutual TLS), in
+/// `RequestInfo::client_cert`. Only certificates whose chain the listener's `client_auth.ca`
+/// verified ever get here; a connection without one has `None`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientCert {
+    /// The subject as RFC 4514-style text in certificate order, e.g. `CN=ops-1, O=Corp`.
+    pub subject: String,
+    /// The subject alternative names: DNS names, URIs, e-mail addresses and IP addresses, as
+    /// written in the certificate (no type prefix).
+    pub sans: Vec<String>,
+    /// SHA-256 of the certificate's DER, lowercase hex without separators.
+    pub fingerprint: String,
+    /// The serial number, lowercase hex.
+    pub serial: String,
+    /// When the certificate expires (Unix seconds).
+    pub not_after: i64,
+}

@@ -50,7 +50,7 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             .previous
             .and_then(|p| Some((p.raw.upstreams.get(name)?, p.upstreams.get(name)?)));
         let mut s = errs.scope(format!("upstreams.{name}"));
-        if let Some(g) = upstreams::compile_upstream(name, ru, prev, &mut s) {
+        if let Some(g) = upstreams::compile_upstream(name, ru, prev, &env.base_dir, &mut s) {
             upstreams.insert(name.clone(), g);
         }
     }
@@ -61,6 +61,10 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         upstreams: &upstreams,
         upstream_names: raw.upstreams.keys().map(String::as_str).collect(),
         max_body_size: raw.server.limits.max_body_size.0,
+        asks_client_certs: raw.server.listen.iter().any(|l| {
+            matches!(l, crate::config::raw::RawListen::Full(crate::config::raw::RawListener { tls: Some(t), .. })
+                if t.client_auth.mode != crate::config::raw::ClientAuthMode::None)
+        }),
         global,
         metrics: env.metrics,
     };

@@ -26,6 +26,8 @@ pub(super) struct RouteEnv<'a> {
     pub upstream_names: HashSet<&'a str>,
     /// `server.limits.max_body_size`.
     pub max_body_size: u64,
+    /// Whether any listener asks for client certificates (`client_cert` rules need one).
+    pub asks_client_certs: bool,
     /// The top-level chain.
     pub global: Vec<PluginInstance>,
     pub metrics: &'a crate::metrics::Metrics,
@@ -69,6 +71,13 @@ pub(super) fn compile_route(
         }
     };
     let upstream_host = upstream_host(&r.upstream_host, s);
+    let client_cert = r
+        .client_cert
+        .as_ref()
+        .and_then(|c| client_cert_rule(c, env.asks_client_certs, &mut s.child("client_cert")));
+    if r.https_port.is_some() && !r.https_redirect {
+        s.error_at("https_port", "only used with https_redirect: true");
+    }
     let own = chains.chain(&r.plugins, Some(&r.id), &mut s.child("plugins"));
     let (upstream, m) = match (upstream, m) {
         (Some(u), Some(m)) if s.is_ok() => (u, m),
@@ -86,8 +95,38 @@ pub(super) fn compile_route(
         upstream_host,
         chain,
         metrics: RouteMetrics::new(env.metrics, &r.id),
+        client_cert,
+        https_redirect: r
+            .https_redirect
+            .then_some(r.https_port.filter(|p| *p != 443)),
     };
     Some((route, m))
+}
+
+/// Compiles `client_cert` (at its scope).
+fn client_cert_rule(
+    c: &crate::config::raw::RawClientCertRule,
+    asks: bool,
+    s: &mut Scope<'_>,
+) -> Option<crate::tls::ClientCertRule> {
+    if !asks {
+        s.error(
+            "no listener asks clients for a certificate: set client_auth.mode on a TLS listener in server.listen",
+        );
+    }
+    let fingerprints = (c.allow.fingerprints.iter().enumerate())
+        .filter_map(|(i, f)| {
+            let n = crate::tls::client::normalize_fingerprint(f)
+                .ok_or_else(|| format!("`{f}`: a SHA-256 fingerprint is 64 hex digits"));
+            s.item("allow.fingerprints", i).take("", n)
+        })
+        .collect();
+    s.is_ok().then(|| crate::tls::ClientCertRule {
+        required: c.required,
+        subjects: c.allow.subjects.clone(),
+        sans: c.allow.sans.clone(),
+        fingerprints,
+    })
 }
 
 fn upstream_host(v: &str, s: &mut Scope<'_>) -> UpstreamHost {

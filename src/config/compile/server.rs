@@ -8,7 +8,7 @@ use ipnet::IpNet;
 
 use crate::config::error::Scope;
 use crate::config::raw::{RawAdmin, RawListen, RawListener, RawServer};
-use crate::state::{Listener, ServerSettings};
+use crate::state::{ClientCertHeaders, Listener, ServerSettings};
 
 /// Most header lines a request may be allowed to carry.
 const MAX_HEADERS: usize = 256;
@@ -102,7 +102,9 @@ pub(super) fn compile_server(
             "a non-empty list of increasing positive seconds",
         );
     }
+    let client_cert_headers = client_cert_headers(&raw.client_cert_headers, s);
     ServerSettings {
+        client_cert_headers,
         listeners,
         trusted_proxies,
         max_header_size: usize::try_from(lim.max_header_size.0).unwrap_or(usize::MAX),
@@ -111,6 +113,32 @@ pub(super) fn compile_server(
         header_read_timeout: lim.header_read_timeout.0,
         max_connections: lim.max_connections.get(),
     }
+}
+
+/// `server.client_cert_headers`: four distinct valid header names.
+fn client_cert_headers(
+    raw: &crate::config::raw::RawClientCertHeaders,
+    s: &mut Scope<'_>,
+) -> ClientCertHeaders {
+    let mut out = ClientCertHeaders::default();
+    let mut seen = Vec::new();
+    for (field, name, slot) in [
+        ("subject", &raw.subject, &mut out.subject),
+        ("sans", &raw.sans, &mut out.sans),
+        ("fingerprint", &raw.fingerprint, &mut out.fingerprint),
+        ("verified", &raw.verified, &mut out.verified),
+    ] {
+        let path = format!("client_cert_headers.{field}");
+        match http::HeaderName::from_bytes(name.trim().as_bytes()) {
+            Ok(h) if seen.contains(&h) => s.error_at(&path, format!("`{name}` is used twice")),
+            Ok(h) => {
+                seen.push(h.clone());
+                *slot = h;
+            }
+            Err(_) => s.error_at(&path, format!("`{name}` is not a valid header name")),
+        }
+    }
+    out
 }
 
 /// Checks `admin:` (at scope `admin`).

@@ -5,6 +5,7 @@
 
 use std::collections::HashSet;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,6 +18,7 @@ use crate::upstream::breaker::BreakerConfig;
 use crate::upstream::group::{GroupSpec, Timeouts};
 use crate::upstream::health::{HealthSpec, HealthTiming};
 use crate::upstream::retry::RetryPolicy;
+use crate::upstream::tls::{self, Transport};
 use crate::upstream::{HashKey, UpstreamGroup};
 
 /// Largest accepted backend weight (the selector's table grows with the sum of weights).
@@ -39,17 +41,35 @@ pub(super) fn compile_upstream(
     name: &str,
     raw: &RawUpstream,
     previous: Option<(&RawUpstream, &Arc<UpstreamGroup>)>,
+    base_dir: &Path,
     s: &mut Scope<'_>,
 ) -> Option<Arc<UpstreamGroup>> {
-    if let Some((_, group)) = previous.filter(|(r, _)| *r == raw) {
+    // TLS files are read again on every reload, so a TLS group is always rebuilt (it still
+    // borrows the running backends' state)
+    if let Some((_, group)) = previous.filter(|(r, _)| *r == raw && raw.tls.is_none()) {
         return Some(Arc::clone(group));
     }
     if !valid_name(name) {
         s.error("upstream names use letters, digits, `-`, `_` and `.`");
     }
-    let addrs = backends(raw, s);
+    let (addrs, hosts) = backends(raw, s);
+    let transport = match (&raw.tls, raw.h2c) {
+        (Some(_), true) => {
+            s.error_at(
+                "h2c",
+                "h2c is cleartext HTTP/2; over TLS use tls.alpn: [h2]",
+            );
+            Transport::Plain
+        }
+        (Some(t), false) => tls::compile(t, &hosts, base_dir, &mut s.child("tls"))
+            .map_or(Transport::Plain, Transport::Tls),
+        (None, true) => Transport::H2c,
+        (None, false) => Transport::Plain,
+    };
     let hash_key = hash_key(raw, s);
-    let health = raw.health_check.as_ref().and_then(|hc| health(hc, s));
+    let backend_addrs: Vec<SocketAddr> = addrs.iter().map(|(a, _)| *a).collect();
+    let health =
+        (raw.health_check.as_ref()).and_then(|hc| health(hc, &transport, &backend_addrs, s));
     let breaker = raw
         .circuit_breaker
         .as_ref()
@@ -84,6 +104,7 @@ pub(super) fn compile_upstream(
         },
         breaker,
         retry,
+        transport,
     };
     let group = UpstreamGroup::new(spec, previous.map(|(_, g)| &**g));
     s.take("", group).map(Arc::new)
@@ -111,11 +132,20 @@ fn resolve_backend(addr: &str) -> Result<Vec<SocketAddr>, String> {
     Ok(v)
 }
 
-fn backends(raw: &RawUpstream, s: &mut Scope<'_>) -> Vec<(SocketAddr, usize)> {
+/// A `backends` entry as written, with the addresses it resolved to.
+type Written<'r> = (&'r str, Vec<SocketAddr>);
+
+/// The backends' addresses with their weights, and each entry's text with what it resolved
+/// to (for server names).
+fn backends<'r>(
+    raw: &'r RawUpstream,
+    s: &mut Scope<'_>,
+) -> (Vec<(SocketAddr, usize)>, Vec<Written<'r>>) {
     if raw.backends.is_empty() {
         s.error_at("backends", "needs at least one backend");
     }
     let mut addrs = Vec::new();
+    let mut hosts = Vec::new();
     let mut seen = HashSet::new();
     for (i, b) in raw.backends.iter().enumerate() {
         let mut bs = s.item("backends", i);
@@ -126,14 +156,16 @@ fn backends(raw: &RawUpstream, s: &mut Scope<'_>) -> Vec<(SocketAddr, usize)> {
         ) {
             continue;
         }
-        for a in bs.take("", resolve_backend(&b.addr)).unwrap_or_default() {
+        let resolved = bs.take("", resolve_backend(&b.addr)).unwrap_or_default();
+        for &a in &resolved {
             if !seen.insert(a) {
                 bs.error(format!("backend {a} is listed twice"));
             }
             addrs.push((a, usize::try_from(b.weight).unwrap_or(1)));
         }
+        hosts.push((b.addr.as_str(), resolved));
     }
-    addrs
+    (addrs, hosts)
 }
 
 fn hash_key(raw: &RawUpstream, s: &mut Scope<'_>) -> Option<HashKey> {
@@ -163,7 +195,12 @@ fn hash_key(raw: &RawUpstream, s: &mut Scope<'_>) -> Option<HashKey> {
     }
 }
 
-fn health(hc: &RawHealthCheck, s: &mut Scope<'_>) -> Option<HealthSpec> {
+fn health(
+    hc: &RawHealthCheck,
+    transport: &Transport,
+    addrs: &[SocketAddr],
+    s: &mut Scope<'_>,
+) -> Option<HealthSpec> {
     let mut s = s.child("health_check");
     let timing = HealthTiming {
         interval: hc.interval.0,
@@ -185,7 +222,7 @@ fn health(hc: &RawHealthCheck, s: &mut Scope<'_>) -> Option<HealthSpec> {
             let host = h.host.as_deref().unwrap_or("localhost");
             s.take(
                 "http",
-                HealthSpec::http(&h.path, host, h.expect_status, timing),
+                HealthSpec::http(&h.path, host, h.expect_status, timing, transport, addrs),
             )
         }
         (None, Some(_)) => Some(HealthSpec::tcp(timing)),
@@ -255,7 +292,13 @@ mod tests {
     fn compile_yaml(yaml: &str) -> Result<Arc<UpstreamGroup>, Vec<String>> {
         let raw: RawUpstream = serde_yaml::from_str(yaml).unwrap();
         let mut errs = Errors::default();
-        let g = compile_upstream("up", &raw, None, &mut errs.scope("upstreams.up"));
+        let g = compile_upstream(
+            "up",
+            &raw,
+            None,
+            Path::new("."),
+            &mut errs.scope("upstreams.up"),
+        );
         match g {
             Some(g) if errs.is_empty() => Ok(g),
             _ => Err(errs.into_vec().iter().map(|e| e.to_string()).collect()),
@@ -367,15 +410,28 @@ mod tests {
         let raw: RawUpstream = serde_yaml::from_str(yaml).unwrap();
         let g = compile_yaml(yaml).unwrap();
         let mut errs = Errors::default();
-        let same = compile_upstream("up", &raw, Some((&raw, &g)), &mut errs.scope("u")).unwrap();
+        let same = compile_upstream(
+            "up",
+            &raw,
+            Some((&raw, &g)),
+            Path::new("."),
+            &mut errs.scope("u"),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(&same, &g));
 
         let changed: RawUpstream = serde_yaml::from_str(
             "{backends: [127.0.0.1:1], circuit_breaker: {consecutive_failures: 9}}",
         )
         .unwrap();
-        let next =
-            compile_upstream("up", &changed, Some((&raw, &g)), &mut errs.scope("u")).unwrap();
+        let next = compile_upstream(
+            "up",
+            &changed,
+            Some((&raw, &g)),
+            Path::new("."),
+            &mut errs.scope("u"),
+        )
+        .unwrap();
         assert!(Arc::ptr_eq(&next.backends[0].state, &g.backends[0].state));
         assert_eq!(
             next.backends[0]
