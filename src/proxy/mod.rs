@@ -10,6 +10,7 @@ pub mod conn;
 pub mod ctx;
 pub mod error_page;
 mod forward;
+mod grpc;
 pub mod limits;
 mod logging;
 pub mod pipeline;

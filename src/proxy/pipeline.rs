@@ -93,6 +93,9 @@ fn error_body(message: &str, request_id: &str) -> Bytes {
 /// Writes a gateway reply: builds the head, runs the response hooks of the plugins that ran,
 /// adds `X-Request-Id`, writes head and body (no body for HEAD).
 pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Result<()> {
+    if reply.status >= 400 && super::grpc::is_grpc(s.req_header()) {
+        return write_grpc_reply(s, reply, ctx).await;
+    }
     let (body, content_type) = match reply.body {
         ReplyBody::Empty => (Bytes::new(), None),
         ReplyBody::Error(msg) => (
@@ -119,5 +122,72 @@ pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) ->
     if !head_only {
         s.write_response_body(Some(body), true).await?;
     }
+    settle_request_body(s).await;
+    Ok(())
+}
+
+/// After a gateway reply to an HTTP/2 request whose body was not read: read what is left of a
+/// small body (bounded in bytes and time). An h2 stream dropped with its request side still
+/// open is reset (`RST_STREAM(CANCEL)`), and some clients then report the reset instead of the
+/// complete reply they already have. An HTTP/1.1 connection is closed instead (`Stop::close`).
+async fn settle_request_body(s: &mut Session) {
+    const MAX_BYTES: usize = 64 * 1024;
+    const MAX_WAIT: std::time::Duration = std::time::Duration::from_millis(500);
+    let ds = s.as_downstream_mut();
+    if !ds.is_http2() || ds.is_body_done() {
+        return;
+    }
+    let _ = tokio::time::timeout(MAX_WAIT, async {
+        let mut read = 0;
+        while read <= MAX_BYTES && !ds.is_body_done() {
+            match ds.read_request_body().await {
+                Ok(Some(b)) => read += b.len(),
+                _ => break,
+            }
+        }
+    })
+    .await;
+}
+
+/// [`write_reply`] for a gRPC call: a Trailers-Only response (see [`super::grpc`]).
+async fn write_grpc_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Result<()> {
+    let message = match &reply.body {
+        ReplyBody::Error(msg) => msg.as_str(),
+        _ => http::StatusCode::from_u16(reply.status)
+            .ok()
+            .and_then(|c| c.canonical_reason())
+            .unwrap_or("error"),
+    };
+    let mut resp = ResponseHeader::build(200, Some(4 + reply.headers.len()))?;
+    resp.insert_header(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/grpc"),
+    )?;
+    resp.insert_header(
+        "grpc-status",
+        super::grpc::status_code(reply.status).to_string(),
+    )?;
+    resp.insert_header("grpc-message", super::grpc::encode_message(message))?;
+    if !s.as_downstream().is_http2() {
+        // gRPC needs HTTP/2; an HTTP/1.1 caller still gets a well-delimited response
+        resp.insert_header(http::header::CONTENT_LENGTH, 0)?;
+    }
+    for (n, v) in reply.headers {
+        resp.append_header(n, v)?;
+    }
+    response_filter(s, &mut resp, ctx).await?;
+    resp.insert_header("x-request-id", ctx.request_id_value())?;
+    match s.as_downstream_mut() {
+        // one HEADERS frame that ends the stream (Pingora's proxy session would end it with a
+        // separate empty DATA frame, which gRPC clients read as "no trailers")
+        pingora_core::protocols::http::ServerSession::H2(h2) => {
+            h2.write_response_header(Box::new(resp), true)?;
+        }
+        _ => {
+            s.write_response_header(Box::new(resp), true).await?;
+            s.write_response_body(None, true).await?;
+        }
+    }
+    settle_request_body(s).await;
     Ok(())
 }
