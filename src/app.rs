@@ -144,7 +144,7 @@ fn proxy_service(
         Arc::clone(state),
         metrics.connections.active.with_label_values(&["proxy"]),
         metrics.connections.accepted.with_label_values(&["proxy"]),
-        metrics.tls.handshakes.clone(),
+        metrics.tls.clone(),
     );
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
     // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);

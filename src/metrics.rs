@@ -46,9 +46,15 @@ pub(crate) struct ConnectionMetrics {
 }
 
 /// Series of HTTPS listeners.
+#[derive(Clone)]
 pub(crate) struct TlsMetrics {
     pub(crate) handshakes: IntCounterVec,
     pub(crate) expiry: prometheus::GaugeVec,
+    /// Completed handshakes by listener, TLS version and negotiated protocol.
+    pub(crate) sessions: IntCounterVec,
+    /// HTTP/2 streams (requests) open now, and served.
+    pub(crate) h2_streams_active: IntGauge,
+    pub(crate) h2_streams: IntCounter,
 }
 
 impl TlsMetrics {
@@ -56,8 +62,21 @@ impl TlsMetrics {
         let m = TlsMetrics {
             handshakes: counter_vec(
                 "gatehouse_tls_handshakes_total",
-                "TLS handshakes on HTTPS listeners, by listener and result (ok, error, timeout).",
+                "TLS handshakes on HTTPS listeners, by listener and result: ok, timeout, or why it failed (no_certificate for the server name, certificate_refused by the client, client_certificate missing or invalid, version, alpn, closed, error).",
                 &["listener", "result"],
+            )?,
+            sessions: counter_vec(
+                "gatehouse_tls_sessions_total",
+                "Completed TLS handshakes, by listener, TLS version (1.2, 1.3) and protocol (h2, http/1.1).",
+                &["listener", "version", "protocol"],
+            )?,
+            h2_streams_active: IntGauge::new(
+                "gatehouse_http2_streams_active",
+                "HTTP/2 streams (requests) being served now, over TLS or h2c.",
+            )?,
+            h2_streams: IntCounter::new(
+                "gatehouse_http2_streams_total",
+                "HTTP/2 streams (requests) served, over TLS or h2c.",
             )?,
             expiry: prometheus::GaugeVec::new(
                 Opts::new(
@@ -69,14 +88,33 @@ impl TlsMetrics {
         };
         register(
             registry,
-            vec![Box::new(m.handshakes.clone()), Box::new(m.expiry.clone())],
+            vec![
+                Box::new(m.handshakes.clone()),
+                Box::new(m.expiry.clone()),
+                Box::new(m.sessions.clone()),
+                Box::new(m.h2_streams_active.clone()),
+                Box::new(m.h2_streams.clone()),
+            ],
         )?;
         Ok(m)
     }
 }
 
 /// Results of `gatehouse_tls_handshakes_total{result}`.
-pub(crate) const HANDSHAKE_RESULTS: [&str; 3] = ["ok", "error", "timeout"];
+pub(crate) const HANDSHAKE_RESULTS: [&str; 9] = [
+    "ok",
+    "timeout",
+    "no_certificate",
+    "certificate_refused",
+    "client_certificate",
+    "version",
+    "alpn",
+    "closed",
+    "error",
+];
+/// `version` and `protocol` of `gatehouse_tls_sessions_total`.
+pub(crate) const TLS_VERSIONS: [&str; 2] = ["1.2", "1.3"];
+pub(crate) const TLS_PROTOCOLS: [&str; 2] = ["h2", "http/1.1"];
 
 /// Series of config loads.
 pub(crate) struct ConfigMetrics {

@@ -266,6 +266,14 @@ pub(crate) fn sync_series(metrics: &Metrics, prev: Option<&Snapshot>, next: &Sna
                 .handshakes
                 .with_label_values(&[listener.as_str(), result]);
         }
+        for v in crate::metrics::TLS_VERSIONS {
+            for p in crate::metrics::TLS_PROTOCOLS {
+                metrics
+                    .tls
+                    .sessions
+                    .with_label_values(&[listener.as_str(), v, p]);
+            }
+        }
     }
     let Some(prev) = prev else { return };
     for (listener, names) in tls_series(&prev.server) {
@@ -284,6 +292,14 @@ pub(crate) fn sync_series(metrics: &Metrics, prev: Option<&Snapshot>, next: &Sna
                     .tls
                     .handshakes
                     .remove_label_values(&[listener.as_str(), result]);
+            }
+            for v in crate::metrics::TLS_VERSIONS {
+                for p in crate::metrics::TLS_PROTOCOLS {
+                    let _ = metrics
+                        .tls
+                        .sessions
+                        .remove_label_values(&[listener.as_str(), v, p]);
+                }
             }
         }
     }

@@ -224,7 +224,8 @@ async fn optional_client_certificates_gate_routes_and_reach_the_backend() {
     assert!(refused.contains("client certificate"), "{refused}");
     // refused by the handshake: counted as a failed handshake
     let listener = format!("listener=\"127.0.0.1:{}\"", st.https);
-    let errors = format!("gatehouse_tls_handshakes_total{{{listener},result=\"error\"}}");
+    let errors =
+        format!("gatehouse_tls_handshakes_total{{{listener},result=\"client_certificate\"}}");
     assert!(st.gw.metric(&errors).await >= 1.0);
 }
 
@@ -265,6 +266,11 @@ async fn required_client_certificates_are_checked_in_the_handshake() {
     let svc = st.client(Some((&st.clients, "svc")));
     assert_eq!(get(&svc, &st.url("/")).await.0, 200);
     assert_eq!(up.last().header("x-client-cert-sans"), Some("svc.corp"));
+    let refused = format!(
+        "gatehouse_tls_handshakes_total{{listener=\"127.0.0.1:{}\",result=\"client_certificate\"}}",
+        st.https
+    );
+    assert!(st.gw.metric(&refused).await >= 1.0);
     // the plain listener is not affected by the TLS listener's policy
     assert_eq!(st.gw.get("/").await.status(), 200);
 }

@@ -256,7 +256,21 @@ async fn dashboard_uses_only_exported_metrics() {
     let dead = TestUpstream::start("dead").await;
     dead.stop().await;
     let gw = busy_gateway(&b, &dead).await;
-    let text = gw.metrics().await;
+    // the TLS series exist on a gateway with an HTTPS listener
+    let ca = common::pki::Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let tls = TestGateway::start(|p| {
+        format!(
+            "server:\n  listen:\n    - \"127.0.0.1:{}\"\n    - addr: \"127.0.0.1:{}\"\n      tls: {{ certificates: [{{ cert: \"{dir}/a.pem\", key: \"{dir}/a.key\" }}] }}\n  access_log: off\nadmin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n  up: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ id: all, upstream: up }}\n",
+            p.proxy,
+            common::free_port(),
+            p.admin,
+            b.addr,
+            dir = ca.dir.path().display()
+        )
+    })
+    .await;
+    let text = gw.metrics().await + &tls.metrics().await;
     let exported: HashSet<&str> = text
         .lines()
         .filter_map(|l| l.strip_prefix("# TYPE "))
@@ -284,7 +298,7 @@ async fn dashboard_uses_only_exported_metrics() {
     }
     walk(&dash, &mut exprs);
     assert!(exprs.len() >= 10);
-    let re = regex::Regex::new(r"gatehouse_[a-z_]+").unwrap();
+    let re = regex::Regex::new(r"gatehouse_[a-z0-9_]+").unwrap();
     let mut names = 0;
     for e in &exprs {
         for m in re.find_iter(e) {

@@ -126,8 +126,15 @@ async fn sni_chooses_the_certificate_and_alpn_the_protocol() {
         assert!(m.contains(&series), "missing {series}\n{m}");
     }
     let ok = format!("gatehouse_tls_handshakes_total{{{listener},result=\"ok\"}}");
-    let error = format!("gatehouse_tls_handshakes_total{{{listener},result=\"error\"}}");
+    let error =
+        format!("gatehouse_tls_handshakes_total{{{listener},result=\"certificate_refused\"}}");
     assert!(gw.metric(&ok).await >= 3.0);
+    let h2 = format!("gatehouse_tls_sessions_total{{{listener},protocol=\"h2\",version=\"1.3\"}}");
+    let h1 =
+        format!("gatehouse_tls_sessions_total{{{listener},protocol=\"http/1.1\",version=\"1.3\"}}");
+    assert!(gw.metric(&h2).await >= 1.0, "{m}");
+    assert!(gw.metric(&h1).await >= 1.0, "{m}");
+    assert!(gw.metric("gatehouse_http2_streams_total").await >= 1.0);
     let counted = common::eventually(Duration::from_secs(3), || async {
         gw.metric(&error).await >= 1.0
     })
@@ -143,7 +150,7 @@ async fn without_a_default_unknown_names_are_refused() {
     let ca = Ca::new();
     ca.leaf("a", &["a.test"], false);
     let up = TestUpstream::start("up").await;
-    let (_gw, https) = gateway(&ca, &up, &["a"], "").await;
+    let (gw, https) = gateway(&ca, &up, &["a"], "").await;
     let client = ca.client(https, &["a.test", "b.test"]);
     assert!(client
         .get(format!("https://b.test:{https}/"))
@@ -161,6 +168,10 @@ async fn without_a_default_unknown_names_are_refused() {
         1,
         "the refused handshake never reached the backend"
     );
+    let refused = format!(
+        "gatehouse_tls_handshakes_total{{listener=\"127.0.0.1:{https}\",result=\"no_certificate\"}}"
+    );
+    assert_eq!(gw.metric(&refused).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -52,8 +52,8 @@ pub struct Guarded<A> {
     pub active_gauge: prometheus::IntGauge,
     /// `gatehouse_connections_accepted_total{listener="proxy"}`
     pub accepted: prometheus::IntCounter,
-    /// `gatehouse_tls_handshakes_total{listener,result}`
-    pub handshakes: prometheus::IntCounterVec,
+    /// `gatehouse_tls_handshakes_total{listener,result}`, `gatehouse_tls_sessions_total`
+    pub(crate) tls_metrics: crate::metrics::TlsMetrics,
     /// Set (and `idle_close` notified) when idle connections are to be closed (cleanup).
     pub closed: std::sync::atomic::AtomicBool,
     pub idle_close: Notify,
@@ -68,15 +68,15 @@ const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
 
 impl<A> Guarded<A> {
     /// A guard around `inner`.
-    pub fn new(
+    pub(crate) fn new(
         inner: A,
         state: Arc<SharedState>,
         active_gauge: prometheus::IntGauge,
         accepted: prometheus::IntCounter,
-        handshakes: prometheus::IntCounterVec,
+        tls_metrics: crate::metrics::TlsMetrics,
     ) -> Self {
         Guarded {
-            handshakes,
+            tls_metrics,
             inner: Arc::new(inner),
             state,
             active: Arc::new(AtomicUsize::new(0)),
@@ -174,10 +174,21 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let session = match tls {
             Some((listener, tls)) => {
                 let (stream, result) = handshake(session, &tls).await;
-                self.handshakes
-                    .with_label_values(&[&*listener, result])
+                let m = &self.tls_metrics;
+                m.handshakes.with_label_values(&[&*listener, result]).inc();
+                let stream = stream?;
+                let version = match stream.get_ssl_digest().as_deref().map(|d| &*d.version) {
+                    Some("TLSv1_2" | "TLSv1.2") => "1.2",
+                    _ => "1.3",
+                };
+                let protocol = match stream.selected_alpn_proto() {
+                    Some(ALPN::H2) => "h2",
+                    _ => "http/1.1",
+                };
+                m.sessions
+                    .with_label_values(&[&*listener, version, protocol])
                     .inc();
-                stream?
+                stream
             }
             None => session,
         };
@@ -242,13 +253,51 @@ async fn handshake(session: Stream, tls: &TlsListener) -> (Option<Stream>, &'sta
         Ok(Ok(stream)) => (Some(Box::new(stream)), "ok"),
         Ok(Err(e)) => {
             log::debug!("TLS handshake with {peer:?} failed: {e}");
-            (None, "error")
+            (None, failure_class(&e))
         }
         Err(_) => {
             log::debug!("TLS handshake with {peer:?} timed out");
             (None, "timeout")
         }
     }
+}
+
+/// Why a handshake failed, as a `gatehouse_tls_handshakes_total{result}` label. Pingora keeps
+/// the rustls error only as text in some paths, so the classes come from rustls's own
+/// messages (never from anything the client wrote), or from the I/O error kind.
+fn failure_class(e: &pingora_error::Error) -> &'static str {
+    if let Some(io) = e.root_cause().downcast_ref::<std::io::Error>() {
+        if matches!(
+            io.kind(),
+            std::io::ErrorKind::UnexpectedEof
+                | std::io::ErrorKind::ConnectionReset
+                | std::io::ErrorKind::BrokenPipe
+        ) {
+            return "closed";
+        }
+    }
+    let text = e.to_string();
+    const CLASSES: [(&str, &str); 9] = [
+        ("no server certificate chain resolved", "no_certificate"),
+        ("peer sent no certificates", "client_certificate"),
+        ("invalid peer certificate", "client_certificate"),
+        (
+            "received fatal alert: BadCertificate",
+            "certificate_refused",
+        ),
+        ("received fatal alert: UnknownCA", "certificate_refused"),
+        (
+            "received fatal alert: CertificateUnknown",
+            "certificate_refused",
+        ),
+        ("peer doesn't support any known protocol", "alpn"),
+        ("peer is incompatible", "version"),
+        ("unexpected end of file", "closed"),
+    ];
+    CLASSES
+        .iter()
+        .find(|(needle, _)| text.contains(needle))
+        .map_or("error", |(_, class)| class)
 }
 
 impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
@@ -625,6 +674,45 @@ mod tests {
     fn naive_end(chunks: &[&[u8]]) -> Option<usize> {
         let all: Vec<u8> = chunks.concat();
         all.windows(4).position(|w| w == b"\r\n\r\n").map(|p| p + 4)
+    }
+
+    #[test]
+    fn handshake_failures_are_classified() {
+        let e = |text: &str| {
+            pingora_error::Error::explain(
+                pingora_error::ErrorType::TLSHandshakeFailure,
+                text.to_string(),
+            )
+        };
+        for (text, class) in [
+            (
+                "tls connect error: peer sent no certificates",
+                "client_certificate",
+            ),
+            (
+                "TLS accept() failed: invalid peer certificate: UnknownIssuer",
+                "client_certificate",
+            ),
+            (
+                "unexpected error: no server certificate chain resolved",
+                "no_certificate",
+            ),
+            (
+                "received fatal alert: BadCertificate",
+                "certificate_refused",
+            ),
+            ("peer doesn't support any known protocol", "alpn"),
+            ("peer is incompatible: Tls12NotOffered", "version"),
+            ("something else", "error"),
+        ] {
+            assert_eq!(failure_class(&e(text)), class, "{text}");
+        }
+        let closed = pingora_error::Error::because(
+            pingora_error::ErrorType::TLSHandshakeFailure,
+            "accept",
+            std::io::Error::from(std::io::ErrorKind::UnexpectedEof),
+        );
+        assert_eq!(failure_class(&closed), "closed");
     }
 
     #[test]

@@ -22,6 +22,22 @@ use super::trace::{self, Trace};
 use crate::state::{Route, Snapshot};
 use crate::tls::ConnTls;
 
+/// Counts an HTTP/2 stream as active until dropped (with the request's context).
+pub(crate) struct StreamGuard(prometheus::IntGauge);
+
+impl StreamGuard {
+    pub(crate) fn new(active: &prometheus::IntGauge) -> Self {
+        active.inc();
+        StreamGuard(active.clone())
+    }
+}
+
+impl Drop for StreamGuard {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
 /// State one request carries through the Pingora hooks.
 pub struct Ctx {
     /// The snapshot taken in `new_ctx`, kept to the end of the request.
@@ -35,6 +51,8 @@ pub struct Ctx {
     pub(crate) peer_ip: IpAddr,
     /// The connection's TLS session (None on plain listeners).
     pub(crate) ssl: Option<Arc<SslDigest>>,
+    /// Held while an HTTP/2 stream is served (`gatehouse_http2_streams_active`).
+    pub(crate) h2_stream: Option<StreamGuard>,
     /// The W3C trace this request belongs to: the client's, or (see [`Ctx::trace`]) a fresh
     /// one made when first needed.
     trace: Trace,
@@ -63,6 +81,7 @@ impl Ctx {
             start: Instant::now(),
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
             ssl: None,
+            h2_stream: None,
             trace: Trace::default(),
             request_id_header: None,
             failure: None,

@@ -193,6 +193,10 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<()> {
         ctx.identify(s);
+        if s.as_downstream().is_http2() {
+            self.metrics.tls.h2_streams.inc();
+            ctx.h2_stream = Some(ctx::StreamGuard::new(&self.metrics.tls.h2_streams_active));
+        }
         // no progress on the request body for this long ends the request
         s.set_read_timeout(Some(ctx.snap.server.body_read_timeout));
         Ok(())
