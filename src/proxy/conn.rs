@@ -195,9 +195,13 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let mut hd = Box::new(HeadDeadline::new(session, head_timeout));
         let mut waits = Waits::default();
         if hd.selected_alpn_proto() == Some(ALPN::H2) {
-            // the client's first bytes (its preface) within the head deadline, then Pingora's
-            // own HTTP/2 path: GOAWAY on shutdown, idle timeout, one task per stream
-            if !self.wait_for_request(&mut hd, None, &mut waits).await {
+            // the client's whole preface within the head deadline (Pingora's h2 handshake has
+            // no timeout of its own), then Pingora's own HTTP/2 path: GOAWAY on shutdown, idle
+            // timeout, one task per stream
+            if !self.wait_for_request(&mut hd, None, &mut waits).await
+                || !hd.fill_pending(H2_PREFACE.len()).await
+                || !hd.h2_preface_pending()
+            {
                 return None;
             }
             hd.pass_through();

@@ -13,7 +13,10 @@ use rcgen::{
 /// A test CA that signs leaf certificates into a directory.
 pub struct Ca {
     pub issuer: Issuer<'static, KeyPair>,
+    /// The root's certificate (what clients trust).
     pub pem: String,
+    /// Intermediate certificates appended to every leaf this CA writes (empty for a root).
+    pub chain: String,
     pub dir: tempfile::TempDir,
 }
 
@@ -28,6 +31,25 @@ impl Ca {
         let cert = params.self_signed(&key).unwrap();
         Ca {
             pem: cert.pem(),
+            chain: String::new(),
+            issuer: Issuer::new(params, key),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    /// An intermediate CA signed by this one, writing into the same directory: its leaves'
+    /// files carry the intermediate after the leaf, and clients still trust only the root.
+    pub fn intermediate(&self) -> Ca {
+        let key = KeyPair::generate().unwrap();
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(DnType::CommonName, "gatehouse test intermediate");
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        Ca {
+            pem: self.pem.clone(),
+            chain: cert.pem() + &self.chain,
             issuer: Issuer::new(params, key),
             dir: tempfile::tempdir().unwrap(),
         }
@@ -46,7 +68,10 @@ impl Ca {
         }
         let cert = params.signed_by(&key, &self.issuer).unwrap();
         // write by rename, as a deploy tool would
-        for (ext, text) in [("pem", cert.pem()), ("key", key.serialize_pem())] {
+        for (ext, text) in [
+            ("pem", cert.pem() + &self.chain),
+            ("key", key.serialize_pem()),
+        ] {
             let tmp = self.dir.path().join(format!("{file}.{ext}.tmp"));
             std::fs::write(&tmp, text).unwrap();
             std::fs::rename(&tmp, self.path(&format!("{file}.{ext}"))).unwrap();
