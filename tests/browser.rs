@@ -20,6 +20,20 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const SECRET: &str = "browser-test-secret-browser-test-secret";
 
+/// The browser, or `None` when the test is to be skipped (GATEHOUSE_SKIP_BROWSER set).
+fn browser_or_skip() -> Option<String> {
+    match chromium() {
+        Some(b) => Some(b),
+        None if std::env::var_os("GATEHOUSE_SKIP_BROWSER").is_some() => {
+            eprintln!("skipped: no chromium and GATEHOUSE_SKIP_BROWSER is set");
+            None
+        }
+        None => panic!(
+            "chromium is not installed (apt-get install -y chromium), or set GATEHOUSE_SKIP_BROWSER=1"
+        ),
+    }
+}
+
 fn chromium() -> Option<String> {
     ["chromium", "chromium-browser", "google-chrome"]
         .iter()
@@ -62,8 +76,9 @@ async fn page_server(html: Arc<Mutex<String>>) -> (u16, tokio::task::JoinHandle<
     (port, task)
 }
 
-/// Loads `url` in headless Chromium and returns the DOM after scripts ran.
-fn dump_dom(browser: &str, url: &str) -> String {
+/// Loads `url` in headless Chromium (with `extra` switches) and returns the DOM after scripts
+/// ran.
+fn dump_dom(browser: &str, url: &str, extra: &[String]) -> String {
     let profile = tempfile::tempdir().unwrap();
     let mut child = Command::new(browser)
         .args([
@@ -78,6 +93,7 @@ fn dump_dom(browser: &str, url: &str) -> String {
             "--virtual-time-budget=10000",
             "--dump-dom",
         ])
+        .args(extra)
         .arg(format!("--user-data-dir={}", profile.path().display()))
         .arg(url)
         .stdout(Stdio::piped())
@@ -102,12 +118,8 @@ fn dump_dom(browser: &str, url: &str) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn browser_reads_cross_origin_response_only_from_allowed_origin() {
-    let Some(browser) = chromium() else {
-        if std::env::var_os("GATEHOUSE_SKIP_BROWSER").is_some() {
-            eprintln!("skipped: no chromium and GATEHOUSE_SKIP_BROWSER is set");
-            return;
-        }
-        panic!("chromium is not installed (apt-get install -y chromium), or set GATEHOUSE_SKIP_BROWSER=1");
+    let Some(browser) = browser_or_skip() else {
+        return;
     };
     let backend = TestUpstream::start("api-backend").await;
     let html = Arc::new(Mutex::new(String::new()));
@@ -159,7 +171,7 @@ fetch("http://127.0.0.1:{gw_port}/api/data", {{
 
     let b = browser.clone();
     let url = format!("http://127.0.0.1:{page_port}/");
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&b, &url))
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&b, &url, &[]))
         .await
         .unwrap();
     assert!(
@@ -173,7 +185,7 @@ fetch("http://127.0.0.1:{gw_port}/api/data", {{
     // same page, other origin (localhost vs 127.0.0.1): the browser must block it
     let b = browser.clone();
     let url = format!("http://localhost:{page_port}/");
-    let dom = tokio::task::spawn_blocking(move || dump_dom(&b, &url))
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&b, &url, &[]))
         .await
         .unwrap();
     assert!(
@@ -182,5 +194,107 @@ fetch("http://127.0.0.1:{gw_port}/api/data", {{
     );
     // its preflight got no CORS headers, so the real request was never sent
     assert_eq!(backend.hits(), 1);
+    page_task.abort();
+}
+
+/// The page and the API both behind an HTTPS listener: the browser loads the page over HTTP/2
+/// and makes a credentialed cross-origin request (with its preflight) to another host name.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn browser_uses_http2_and_cors_over_https() {
+    let Some(browser) = browser_or_skip() else {
+        return;
+    };
+    let ca = common::pki::Ca::new();
+    ca.leaf("site", &["app.test", "api.test"], false);
+    let backend = TestUpstream::start("api-backend").await;
+    let html = Arc::new(Mutex::new(String::new()));
+    let (page_port, page_task) = page_server(Arc::clone(&html)).await;
+    let https = Mutex::new(0u16);
+    let log = Mutex::new(std::path::PathBuf::new());
+    let gw = TestGateway::start(|p| {
+        let port = common::free_port();
+        *https.lock().unwrap() = port;
+        *log.lock().unwrap() = p.access_log.clone();
+        format!(
+            r#"server:
+  listen:
+    - "127.0.0.1:{proxy}"
+    - addr: "127.0.0.1:{port}"
+      tls: {{ certificates: [{{ cert: "{dir}/site.pem", key: "{dir}/site.key" }}] }}
+  access_log: "{log}"
+admin:
+  listen: "127.0.0.1:{admin}"
+upstreams:
+  page: {{ backends: ["127.0.0.1:{page_port}"] }}
+  up: {{ backends: ["{up}"] }}
+routes:
+  - id: api
+    match: {{ host: api.test, path_prefix: /api }}
+    upstream: up
+    plugins:
+      - cors:
+          allow_origins: ["https://app.test:{port}"]
+          allow_headers: [X-Custom]
+          allow_credentials: true
+  - {{ id: page, match: {{ host: app.test }}, upstream: page }}
+"#,
+            proxy = p.proxy,
+            admin = p.admin,
+            dir = ca.dir.path().display(),
+            log = p.access_log.display(),
+            up = backend.addr,
+        )
+    })
+    .await;
+    let https = *https.lock().unwrap();
+    *html.lock().unwrap() = format!(
+        r#"<!doctype html><html><body><div id="out">pending</div><script>
+fetch("https://api.test:{https}/api/data", {{
+  method: "GET", credentials: "include", mode: "cors", headers: {{ "X-Custom": "1" }}
+}}).then(r => r.text().then(t => {{ document.getElementById("out").textContent = "READ " + r.status + " " + t; }}))
+  .catch(e => {{ document.getElementById("out").textContent = "BLOCKED " + e; }});
+</script></body></html>"#
+    );
+    let extra = vec![
+        "--host-resolver-rules=MAP *.test 127.0.0.1".to_string(),
+        "--ignore-certificate-errors".to_string(),
+    ];
+    let url = format!("https://app.test:{https}/");
+    let dom = tokio::task::spawn_blocking(move || dump_dom(&browser, &url, &extra))
+        .await
+        .unwrap();
+    assert!(
+        dom.contains("READ 200 api-backend"),
+        "the page could not read the API over HTTPS:\n{dom}\n{}",
+        gw.stderr()
+    );
+    assert_eq!(backend.last().header("x-custom"), Some("1"));
+    assert_eq!(backend.last().header("x-forwarded-proto"), Some("https"));
+    let path = log.lock().unwrap().clone();
+    let lines = || -> Vec<serde_json::Value> {
+        std::fs::read_to_string(&path)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    };
+    let logged = common::eventually(Duration::from_secs(3), || async {
+        lines()
+            .iter()
+            .any(|l| l["route"] == "api" && l["method"] == "GET")
+    })
+    .await;
+    assert!(logged, "no access log line for the API request");
+    for l in lines() {
+        if l["route"] == "page" || l["route"] == "api" {
+            assert_eq!(l["protocol"], "HTTP/2.0", "{l}");
+        }
+    }
+    assert!(
+        lines()
+            .iter()
+            .any(|l| l["route"] == "api" && l["method"] == "OPTIONS"),
+        "the browser's preflight went through the gateway"
+    );
     page_task.abort();
 }

@@ -561,3 +561,54 @@ async fn sigterm_lets_an_http2_stream_finish() {
         .await
         .is_err());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn certificate_swaps_under_http2_and_http1_load_fail_nothing() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    let (gw, https) = gateway(&ca, &up, &["a"], "").await;
+    let url = format!("https://a.test:{https}/load");
+    let h2 = ca.client(https, &["a.test"]);
+    let h1 = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap())
+        .resolve("a.test", SocketAddr::from(([127, 0, 0, 1], https)))
+        .http1_only()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let load_h2 = common::Load::start(&h2, url.clone(), 4);
+    let load_h1 = common::Load::start(&h1, url.clone(), 4);
+    for _ in 0..3 {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let new = ca.leaf("a", &["a.test"], false);
+        let r = gw
+            .client
+            .post(gw.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        // a new connection sees the new certificate (the file watcher may apply it first)
+        let seen = common::eventually(Duration::from_secs(5), || async {
+            let fresh = ca.client(https, &["a.test"]);
+            fresh
+                .get(&url)
+                .send()
+                .await
+                .is_ok_and(|r| r.status() == 200 && peer_cert(&r) == new)
+        })
+        .await;
+        assert!(seen, "new connections did not get the new certificate");
+    }
+    let (ok2, failed2) = load_h2.stop().await;
+    let (ok1, failed1) = load_h1.stop().await;
+    assert_eq!(
+        (failed2, failed1),
+        (0, 0),
+        "requests failed during the swaps"
+    );
+    assert!(ok2 > 0 && ok1 > 0, "{ok2} {ok1}");
+}

@@ -264,3 +264,67 @@ async fn h2load_multiplexes_requests_through_the_gateway() {
     assert!(out.contains("400 succeeded, 0 failed, 0 errored"), "{out}");
     assert_eq!(up.hits(), 400);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_and_ecdsa_certificates_side_by_side() {
+    let up = TestUpstream::start("up").await;
+    let ca = Ca::new();
+    ca.leaf("ec", &["ec.test"], false);
+    let rsa_key = ca.path("rsa.key");
+    let rsa_cert = ca.path("rsa.pem");
+    let (ok, out) = run(
+        Command::new("openssl").args([
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=rsa.test",
+            "-addext",
+            "subjectAltName=DNS:rsa.test",
+            "-keyout",
+            rsa_key.to_str().unwrap(),
+            "-out",
+            rsa_cert.to_str().unwrap(),
+        ]),
+        b"",
+    );
+    assert!(ok, "{out}");
+    let https = Mutex::new(0u16);
+    let _gw = TestGateway::start(|p| {
+        let port = free_port();
+        *https.lock().unwrap() = port;
+        format!(
+            "server:\n  listen:\n    - \"127.0.0.1:{}\"\n    - addr: \"127.0.0.1:{port}\"\n      tls:\n        certificates:\n          - {{ cert: \"{dir}/ec.pem\", key: \"{dir}/ec.key\" }}\n          - {{ cert: \"{dir}/rsa.pem\", key: \"{dir}/rsa.key\" }}\n  access_log: off\nadmin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n  up: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ id: all, upstream: up }}\n",
+            p.proxy,
+            p.admin,
+            up.addr,
+            dir = ca.dir.path().display()
+        )
+    })
+    .await;
+    let https = *https.lock().unwrap();
+    for (name, bits) in [("rsa.test", "2048"), ("ec.test", "256")] {
+        let (_, out) = run(
+            Command::new("openssl").args([
+                "s_client",
+                "-connect",
+                &format!("127.0.0.1:{https}"),
+                "-servername",
+                name,
+            ]),
+            b"",
+        );
+        assert!(
+            out.contains(&format!("Server public key is {bits} bit")),
+            "{name}: {out}"
+        );
+        assert!(
+            out.contains(&format!("subject=CN = {name}")),
+            "{name}: {out}"
+        );
+    }
+}
