@@ -4,6 +4,8 @@
 //!
 //! ```sh
 //! cargo run --release --example bare_pingora -- 127.0.0.1:8081 127.0.0.1:9001
+//! # HTTPS with HTTP/2 by ALPN (Pingora's own TLS listener), for `benches/load/tls.py`:
+//! cargo run --release --example bare_pingora -- 127.0.0.1:8443 127.0.0.1:9001 cert.pem key.pem
 //! ```
 
 use async_trait::async_trait;
@@ -45,7 +47,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
     let mut proxy = pingora_proxy::http_proxy_service(&server.configuration, Bare(backend));
-    proxy.add_tcp(&listen);
+    match (args.get(3), args.get(4)) {
+        (Some(cert), Some(key)) => {
+            let mut tls = pingora_core::listeners::tls::TlsSettings::intermediate(cert, key)?;
+            tls.enable_h2();
+            proxy.add_tls_with_settings(&listen, None, tls);
+        }
+        _ => proxy.add_tcp(&listen),
+    }
     server.add_service(proxy);
     server.run_forever();
 }

@@ -2,6 +2,9 @@
 """TLS comparison: nginx vs gatehouse terminating TLS (same ECDSA P-256 certificate, TLS 1.3,
 one worker on core 0) in front of the same nginx backend (core 1, with the load tools).
 
+"bare Pingora" (examples/bare_pingora.rs with a certificate: Pingora's own TLS listener, h2 by
+ALPN, nothing but upstream_peer) tells Pingora's cost from gatehouse's.
+
 Measured per proxy, interleaved and repeated (medians):
   - full handshakes:    openssl s_time -new  (no request; handshakes per CPU-second)
   - resumed handshakes: openssl s_time -reuse -tls1_2 (session-id resumption; s_time reads no
@@ -146,8 +149,10 @@ def main():
             sys.exit(f"{tool} is needed (apt-get install -y nghttp2-client openssl)")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
     binary = os.path.join(ROOT, "target/release/gatehouse")
+    bare = os.path.join(ROOT, "target/release/examples/bare_pingora")
     if not os.path.exists(binary) or os.environ.get("BUILD", "1") == "1":
-        subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse"], cwd=ROOT, check=True)
+        subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse", "--example", "bare_pingora"],
+                       cwd=ROOT, check=True)
 
     tmp = tempfile.mkdtemp(prefix="gatehouse-tls-bench-")
     procs = []
@@ -171,6 +176,13 @@ def main():
                              stderr=subprocess.DEVNULL)
         procs.append(p)
         proxies["nginx"] = (p, port)
+        if os.path.exists(bare):
+            port = free_port()
+            p = subprocess.Popen(["taskset", "-c", "0", bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}",
+                                  f"{tmp}/cert.pem", f"{tmp}/key.pem"],
+                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            procs.append(p)
+            proxies["bare Pingora (reference)"] = (p, port)
         builds = [("gatehouse", binary)]
         if args.baseline:
             builds.append(("baseline", os.path.abspath(args.baseline)))
