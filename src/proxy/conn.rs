@@ -236,6 +236,29 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
     }
 }
 
+/// Whether the client sent more than its HTTP/1 request (a pipelined next request) in the
+/// bytes read so far: the response then says `Connection: close` (RFC 9112 §9.3.2 lets the
+/// client retry the rest on a new connection) rather than a keep-alive followed by a close.
+/// A chunked body's wire size is not known here; such requests are not checked.
+pub(crate) fn pipelined(s: &pingora_proxy::Session) -> bool {
+    let ds = s.as_downstream();
+    if ds.is_http2() {
+        return false;
+    }
+    let Some(hd) = (ds.stream()).and_then(|st| (**st).as_any().downcast_ref::<HeadDeadline>())
+    else {
+        return false;
+    };
+    let req = ds.req_header();
+    if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
+        return false;
+    }
+    let declared = (req.headers.get(http::header::CONTENT_LENGTH))
+        .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    hd.overread(declared)
+}
+
 /// The TLS handshake on an accepted TCP stream, within the listener's handshake timeout.
 /// Failures are the client's business: logged at debug, the connection closed.
 async fn handshake(session: Stream, tls: &TlsListener) -> (Option<Stream>, &'static str) {
@@ -366,6 +389,13 @@ pub struct HeadDeadline {
     pending_pos: usize,
     /// No deadline any more ([`Self::pass_through`]).
     passthrough: bool,
+    /// The raw request line of the current head, and whether it has a `Content-Length`
+    /// field (`proxy::strict`).
+    line: super::strict::LineCheck,
+    length_field: super::strict::LengthField,
+    /// Bytes read after the end of the current head: its body, and anything beyond it, which
+    /// can only be a pipelined next request.
+    after_head: u64,
 }
 
 impl fmt::Debug for HeadDeadline {
@@ -396,7 +426,26 @@ impl HeadDeadline {
             pending: Vec::new(),
             pending_pos: 0,
             passthrough: false,
+            line: super::strict::LineCheck::default(),
+            length_field: super::strict::LengthField::default(),
+            after_head: 0,
         }
+    }
+
+    /// Whether more bytes arrived after the current request's head than its body declared
+    /// (`declared`): the client pipelined its next request.
+    pub fn overread(&self, declared: u64) -> bool {
+        self.after_head > declared
+    }
+
+    /// Whether the current request's raw request line is acceptable (`proxy::strict`).
+    pub fn request_line_ok(&self) -> bool {
+        self.line.ok()
+    }
+
+    /// Whether the current request's raw head had a `Content-Length` field.
+    pub fn had_length_field(&self) -> bool {
+        self.length_field.seen
     }
 
     /// Reads until `n` bytes are pending (the HTTP/2 preface of an h2c client, replayed to
@@ -463,6 +512,20 @@ impl HeadDeadline {
     /// Scans newly read bytes for the end of the head (`\r\n\r\n`, which may be split
     /// across reads).
     fn scan(&mut self, data: &[u8]) {
+        self.line.feed(data);
+        self.find_end(data);
+        // the head's own bytes: all of `data`, or, when the head ended here, what came before
+        // the bytes that followed its end
+        let head = if self.deadline.is_none() {
+            let after = usize::try_from(self.after_head).unwrap_or(usize::MAX);
+            &data[..data.len().saturating_sub(after)]
+        } else {
+            data
+        };
+        self.length_field.feed(head);
+    }
+
+    fn find_end(&mut self, data: &[u8]) {
         const END: &[u8; 4] = b"\r\n\r\n";
         let mut rest = data;
         // finish a match begun at the end of the previous read
@@ -474,7 +537,7 @@ impl HeadDeadline {
                 self.matched += 1;
                 rest = tail;
                 if self.matched == 4 {
-                    self.head_done();
+                    self.head_done(tail.len());
                     return;
                 }
             } else {
@@ -482,8 +545,8 @@ impl HeadDeadline {
                 self.matched = 0;
             }
         }
-        if memchr::memmem::find(rest, END).is_some() {
-            self.head_done();
+        if let Some(at) = memchr::memmem::find(rest, END) {
+            self.head_done(rest.len() - at - END.len());
             return;
         }
         // a match may begin in the last three bytes
@@ -493,7 +556,9 @@ impl HeadDeadline {
             .unwrap_or(0);
     }
 
-    fn head_done(&mut self) {
+    /// The head ended, with `after` more bytes in the same read (body, or a pipelined request).
+    fn head_done(&mut self, after: usize) {
+        self.after_head = after as u64;
         self.deadline = None;
         self.sleep = None;
         self.matched = 0;
@@ -538,11 +603,17 @@ impl HeadDeadline {
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &r {
             Poll::Ready(Ok(())) if buf.filled().len() > before && !this.passthrough => {
+                if this.deadline.is_none() && !this.wrote_since_head {
+                    // the current request's body (or what follows it)
+                    this.after_head += (buf.filled().len() - before) as u64;
+                }
                 if this.deadline.is_none() && this.wrote_since_head {
                     // first bytes of the next request on this connection
                     this.deadline = Some(Instant::now() + this.timeout);
                     this.sleep = None;
                     this.matched = 0;
+                    this.line = super::strict::LineCheck::default();
+                    this.length_field = super::strict::LengthField::default();
                 }
                 if this.deadline.is_some() {
                     this.scan(&buf.filled()[before..]);

@@ -22,6 +22,12 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
     };
     strip_prefix(route, req)?;
     match &route.upstream_host {
+        // HTTP/1.0 clients may omit Host; the HTTP/1.1 request upstream must carry one
+        UpstreamHost::Keep if !req.headers.contains_key(http::header::HOST) => {
+            if let Some(b) = ctx.attempt.backend() {
+                req.insert_header(http::header::HOST, &*b.label)?;
+            }
+        }
         UpstreamHost::Keep => {}
         UpstreamHost::Backend => {
             if let Some(b) = ctx.attempt.backend() {

@@ -14,6 +14,7 @@ mod grpc;
 pub mod limits;
 mod logging;
 pub mod pipeline;
+mod strict;
 pub mod trace;
 
 use std::sync::Arc;
@@ -82,6 +83,24 @@ impl Stop {
 /// declared body size over the route's limit. On success the route is in `ctx`.
 fn admit(s: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
     let req = s.req_header();
+    let refused = if s.as_downstream().is_http2() {
+        strict::check_target(req)
+    } else {
+        let raw = (s.as_downstream().stream())
+            .and_then(|st| (**st).as_any().downcast_ref::<conn::HeadDeadline>());
+        strict::check_h1(
+            req,
+            raw.is_none_or(conn::HeadDeadline::request_line_ok),
+            raw.is_some_and(conn::HeadDeadline::had_length_field),
+        )
+    };
+    if let Some((status, message)) = refused {
+        return Err(Stop::new(
+            Reply::error(status, message),
+            Failure::BadRequest,
+            true,
+        ));
+    }
     if let Some(reply) = limits::check_head(req, &ctx.snap.server) {
         return Err(Stop::new(reply, Failure::HeadTooLarge, true));
     }
@@ -319,6 +338,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut Ctx,
     ) -> Result<()> {
         pipeline::response_filter(s, resp, ctx).await?;
+        if conn::pipelined(s) {
+            s.set_keepalive(None);
+        }
         resp.insert_header("x-request-id", ctx.request_id_value())?;
         cache::response_header(s, resp, ctx)
     }

@@ -116,6 +116,9 @@ pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) ->
         resp.append_header(n, v)?;
     }
     response_filter(s, &mut resp, ctx).await?;
+    if super::conn::pipelined(s) {
+        s.set_keepalive(None);
+    }
     resp.insert_header("x-request-id", ctx.request_id_value())?;
     let head_only = s.req_header().method == http::Method::HEAD || body.is_empty();
     s.write_response_header(Box::new(resp), head_only).await?;
