@@ -9,8 +9,9 @@ cd "$(dirname "$0")/.."
 
 # cmake: Pingora's zlib-ng; chromium: tests/browser.rs; prometheus: promtool and a real scrape
 # in tests/observability.rs; nghttp2-client: h2load in tests/tls_tools.rs (openssl and curl,
-# used there too, are part of the base system)
-./scripts/install-missing.sh cmake chromium promtool:prometheus h2load:nghttp2-client openssl curl
+# used there too, are part of the base system); nginx: the side-by-side corpus in
+# tests/hardening.rs
+./scripts/install-missing.sh cmake chromium promtool:prometheus h2load:nghttp2-client openssl curl nginx
 
 cargo test --workspace
 

@@ -201,6 +201,17 @@ struct Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
+        // SIGTERM: the master stops its worker too (SIGKILL would orphan it)
+        unsafe {
+            libc::kill(self.child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -418,5 +429,61 @@ async fn pipelined_requests_get_an_honest_connection_header() {
     assert!(
         !answer.to_ascii_lowercase().contains("connection: close"),
         "{answer}"
+    );
+}
+
+/// The `panic_plugin` example binary, built if `cargo test` has not built it yet.
+fn panic_binary() -> std::path::PathBuf {
+    let bin = std::path::Path::new(common::bin());
+    let path = bin.parent().unwrap().join("examples/panic_plugin");
+    if !path.exists() {
+        let status = std::process::Command::new(env!("CARGO"))
+            .args(["build", "--example", "panic_plugin"])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .status()
+            .unwrap();
+        assert!(status.success());
+    }
+    path
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_plugin_fails_its_request_only() {
+    let binary = tokio::task::spawn_blocking(panic_binary).await.unwrap();
+    let (backend, log, _task) = strict_backend().await;
+    let mut gw = TestGateway::start_binary(
+        &binary,
+        |p| {
+            common::simple_config(
+                p,
+                &format!("  up:\n    backends: [\"{backend}\"]\n"),
+                "  - id: all\n    upstream: up\n    plugins: [ { panic_on_header: {} } ]\n",
+            )
+        },
+        true,
+    )
+    .await;
+    for _ in 0..3 {
+        let r = gw
+            .client
+            .get(gw.url("/boom"))
+            .header("x-panic", "1")
+            .send()
+            .await;
+        // the panicking request fails (an error status or a closed connection) ...
+        if let Ok(r) = r {
+            assert!(r.status().is_server_error(), "{}", r.status());
+        }
+        // ... and the next one is served
+        assert_eq!(gw.get("/fine").await.status(), 200);
+    }
+    assert_eq!(
+        log.lock().unwrap().len(),
+        3,
+        "only the calm requests went upstream"
+    );
+    assert!(
+        gw.wait_exit(Duration::from_millis(200)).is_none(),
+        "the process is alive"
     );
 }

@@ -336,6 +336,10 @@ pub struct RawAdmin {
     /// When non-empty, mutating admin endpoints need `Authorization: Bearer <token>`.
     #[serde(default)]
     pub token: String,
+    /// Lets an admin listener outside loopback run without a token (otherwise a config
+    /// error: reload, purge and the config view would be open to the network).
+    #[serde(default)]
+    pub allow_unauthenticated: bool,
 }
 
 fn default_admin_listen() -> String {
@@ -345,6 +349,7 @@ fn default_admin_listen() -> String {
 impl Default for RawAdmin {
     fn default() -> Self {
         RawAdmin {
+            allow_unauthenticated: false,
             listen: default_admin_listen(),
             token: String::new(),
         }

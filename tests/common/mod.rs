@@ -375,6 +375,16 @@ impl TestGateway {
 
     /// Like `start`; with `wait_ready: false` it returns once `/health` answers.
     pub async fn start_with(yaml: impl Fn(&Ports) -> String, wait_ready: bool) -> TestGateway {
+        Self::start_binary(Path::new(bin()), yaml, wait_ready).await
+    }
+
+    /// Like `start_with`, running another build of gatehouse (e.g. an example with its own
+    /// plugins).
+    pub async fn start_binary(
+        binary: &Path,
+        yaml: impl Fn(&Ports) -> String,
+        wait_ready: bool,
+    ) -> TestGateway {
         let mut last_err = String::new();
         for _attempt in 0..3 {
             let dir = tempfile::tempdir().unwrap();
@@ -387,7 +397,7 @@ impl TestGateway {
             std::fs::write(&cfg, yaml(&ports)).unwrap();
             let stderr = std::fs::File::create(dir.path().join("stderr.log")).unwrap();
             let stdout = std::fs::File::create(dir.path().join("stdout.log")).unwrap();
-            let child = Command::new(bin())
+            let child = Command::new(binary)
                 .args(["run", "-c"])
                 .arg(&cfg)
                 .env("RUST_LOG", "info")

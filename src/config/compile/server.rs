@@ -143,7 +143,17 @@ fn client_cert_headers(
 
 /// Checks `admin:` (at scope `admin`).
 pub(super) fn check_admin(raw: &RawAdmin, s: &mut Scope<'_>) {
-    s.take("listen", parse_listen(&raw.listen));
+    let Some(addr) = s.take("listen", parse_listen(&raw.listen)) else {
+        return;
+    };
+    if !addr.ip().is_loopback() && raw.token.is_empty() && !raw.allow_unauthenticated {
+        s.error_at(
+            "listen",
+            format!(
+                "{addr} is reachable from other machines: set admin.token (reload, purge and the config view need it), or admin.allow_unauthenticated: true"
+            ),
+        );
+    }
 }
 
 #[cfg(test)]
@@ -194,6 +204,29 @@ mod tests {
                 "server.latency_buckets: a non-empty list of increasing positive seconds"
             ]
         );
+    }
+
+    #[test]
+    fn an_open_admin_listener_needs_a_token() {
+        let check = |yaml: &str| {
+            let raw: RawAdmin = serde_yaml::from_str(yaml).unwrap();
+            let mut errs = Errors::default();
+            check_admin(&raw, &mut errs.scope("admin"));
+            errs.into_vec()
+                .iter()
+                .map(|e| e.to_string())
+                .collect::<Vec<_>>()
+        };
+        assert!(check("{listen: \"127.0.0.1:9180\"}").is_empty());
+        assert!(check("{listen: \"[::1]:9180\"}").is_empty());
+        let e = check("{listen: \"0.0.0.0:9180\"}");
+        assert_eq!(e.len(), 1);
+        assert!(
+            e[0].starts_with("admin.listen: 0.0.0.0:9180 is reachable"),
+            "{e:?}"
+        );
+        assert!(check("{listen: \"0.0.0.0:9180\", token: t0k3n}").is_empty());
+        assert!(check("{listen: \"0.0.0.0:9180\", allow_unauthenticated: true}").is_empty());
     }
 
     #[test]

@@ -1,0 +1,311 @@
+//! HTTP/2 denial-of-service patterns against an h2c listener, written as raw frames: rapid
+//! reset (CVE-2023-44487), a CONTINUATION flood (CVE-2024-27316 family), an oversized header
+//! list, a SETTINGS and PING flood, and too many concurrent streams. For each: the attacker's
+//! connection is refused or closed within a bounded number of frames, the process's memory
+//! stays bounded, and a normal client is still served.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use common::{free_port, TestGateway, TestUpstream};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+fn frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len() as u32;
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&(stream & 0x7fff_ffff).to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+/// HPACK for `GET http://a/`: indexed :method GET, :scheme http, :path /, literal :authority.
+const GET_BLOCK: &[u8] = &[0x82, 0x86, 0x84, 0x41, 0x01, b'a'];
+const HEADERS: u8 = 0x1;
+const RST_STREAM: u8 = 0x3;
+const SETTINGS: u8 = 0x4;
+const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
+const CONTINUATION: u8 = 0x9;
+const END_STREAM: u8 = 0x1;
+const END_HEADERS: u8 = 0x4;
+
+struct Setup {
+    gw: TestGateway,
+    h2c: u16,
+    up: TestUpstream,
+}
+
+async fn setup() -> Setup {
+    let up = TestUpstream::start("up").await;
+    let port = Mutex::new(0u16);
+    let gw = TestGateway::start(|p| {
+        let h2c = free_port();
+        *port.lock().unwrap() = h2c;
+        format!(
+            "server:\n  listen:\n    - \"127.0.0.1:{}\"\n    - {{ addr: \"127.0.0.1:{h2c}\", h2c: true }}\n  access_log: off\n  grace_period: 1s\nadmin:\n  listen: \"127.0.0.1:{}\"\nupstreams:\n  up: {{ backends: [\"{}\"] }}\nroutes:\n  - {{ id: all, upstream: up }}\n",
+            p.proxy, p.admin, up.addr
+        )
+    })
+    .await;
+    let h2c = *port.lock().unwrap();
+    Setup { gw, h2c, up }
+}
+
+impl Setup {
+    async fn attacker(&self) -> tokio::net::TcpStream {
+        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.h2c))
+            .await
+            .unwrap();
+        s.write_all(PREFACE).await.unwrap();
+        s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+        s
+    }
+
+    /// A well-behaved HTTP/2 client gets its answer.
+    async fn normal_client_served(&self) {
+        let c = reqwest::Client::builder()
+            .http2_prior_knowledge()
+            .timeout(Duration::from_secs(10))
+            .build()
+            .unwrap();
+        let r = c
+            .get(format!("http://127.0.0.1:{}/normal", self.h2c))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            (r.status().as_u16(), r.version()),
+            (200, reqwest::Version::HTTP_2)
+        );
+    }
+
+    fn rss_mib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.gw.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap()
+            / 1024
+    }
+}
+
+/// Writes `frames` (stopping when the peer stops reading or closes) while draining what the
+/// server sends; true when the server closed the connection or sent GOAWAY within 10 s.
+async fn flood_until_closed(s: tokio::net::TcpStream, frames: Vec<Vec<u8>>) -> bool {
+    let (mut r, mut w) = s.into_split();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 65536];
+        let mut seen = Vec::new();
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await {
+                Ok(Ok(0)) | Ok(Err(_)) => return true,
+                Ok(Ok(n)) => {
+                    seen.extend_from_slice(&buf[..n]);
+                    // a GOAWAY frame anywhere in what arrived (frames parsed in order)
+                    let mut at = 0;
+                    while seen.len() >= at + 9 {
+                        let len = (usize::from(seen[at]) << 16)
+                            | (usize::from(seen[at + 1]) << 8)
+                            | usize::from(seen[at + 2]);
+                        if seen[at + 3] == GOAWAY {
+                            return true;
+                        }
+                        if seen.len() < at + 9 + len {
+                            break;
+                        }
+                        at += 9 + len;
+                    }
+                    seen.drain(..at);
+                }
+                Err(_) => return false,
+            }
+        }
+    });
+    for f in frames {
+        let write = tokio::time::timeout(Duration::from_secs(5), w.write_all(&f)).await;
+        if !matches!(write, Ok(Ok(()))) {
+            break;
+        }
+    }
+    tokio::time::timeout(Duration::from_secs(15), reader)
+        .await
+        .map(|r| r.unwrap())
+        .unwrap_or(false)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rapid_reset_is_cut_off() {
+    let st = setup().await;
+    let rss_before = st.rss_mib();
+    let mut frames = Vec::new();
+    for i in 0..20_000u32 {
+        let id = 1 + 2 * i;
+        frames.push(frame(HEADERS, END_STREAM | END_HEADERS, id, GET_BLOCK));
+        frames.push(frame(RST_STREAM, 0, id, &8u32.to_be_bytes()));
+    }
+    let s = st.attacker().await;
+    assert!(
+        flood_until_closed(s, frames).await,
+        "20,000 opened-and-reset streams did not get the connection closed"
+    );
+    st.normal_client_served().await;
+    assert!(st.rss_mib() < rss_before + 100, "memory grew past 100 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn continuation_flood_and_oversized_headers_are_cut_off() {
+    let st = setup().await;
+    let rss_before = st.rss_mib();
+    // HEADERS without END_HEADERS, then CONTINUATION frames that never end the block
+    let mut junk = Vec::new();
+    for i in 0..200u32 {
+        // literal header without indexing, new name: 0x00, name, value
+        let name = format!("x-junk-{i}");
+        junk.push(0x00);
+        junk.push(name.len() as u8);
+        junk.extend_from_slice(name.as_bytes());
+        junk.push(100);
+        junk.extend(std::iter::repeat_n(b'v', 100));
+    }
+    let mut frames = vec![frame(HEADERS, END_STREAM, 1, GET_BLOCK)];
+    for _ in 0..20_000 {
+        frames.push(frame(CONTINUATION, 0, 1, &junk[..1000]));
+    }
+    let s = st.attacker().await;
+    assert!(
+        flood_until_closed(s, frames).await,
+        "an endless CONTINUATION sequence did not get the connection closed"
+    );
+    // one complete header block far over the header list limit (64 KiB): 8 x ~22 KiB
+    let mut frames = vec![frame(HEADERS, END_STREAM, 1, GET_BLOCK)];
+    for _ in 0..8 {
+        for chunk in junk.chunks(16_000) {
+            frames.push(frame(CONTINUATION, 0, 1, chunk));
+        }
+    }
+    frames.push(frame(CONTINUATION, END_HEADERS, 1, &[]));
+    frames.push(frame(PING, 0, 0, &[0; 8]));
+    let s = st.attacker().await;
+    let (mut r, mut w) = s.into_split();
+    for f in frames {
+        w.write_all(&f).await.unwrap();
+    }
+    // the stream is refused (RST_STREAM or GOAWAY), never served: read until either
+    let mut buf = vec![0u8; 65536];
+    let mut seen = Vec::new();
+    let refused = loop {
+        match tokio::time::timeout(Duration::from_secs(10), r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                seen.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                let mut found = None;
+                while seen.len() >= at + 9 {
+                    let len = (usize::from(seen[at]) << 16)
+                        | (usize::from(seen[at + 1]) << 8)
+                        | usize::from(seen[at + 2]);
+                    if matches!(seen[at + 3], RST_STREAM | GOAWAY) {
+                        found = Some(true);
+                        break;
+                    }
+                    if seen[at + 3] == HEADERS {
+                        // a response: it may only be the gateway's refusal (431), never a
+                        // request that went upstream (checked below)
+                        found = Some(true);
+                        break;
+                    }
+                    at += 9 + len;
+                    if seen.len() < at {
+                        break;
+                    }
+                }
+                if let Some(f) = found {
+                    break f;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(refused, "an oversized header list got no answer");
+    assert_eq!(st.up.hits(), 0, "an oversized header list went upstream");
+    st.normal_client_served().await;
+    assert!(st.rss_mib() < rss_before + 100, "memory grew past 100 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn settings_and_ping_floods_stay_bounded() {
+    let st = setup().await;
+    let rss_before = st.rss_mib();
+    let mut frames = Vec::new();
+    for i in 0..50_000u64 {
+        frames.push(frame(SETTINGS, 0, 0, &[0, 3, 0, 0, 0, 100]));
+        frames.push(frame(PING, 0, 0, &i.to_be_bytes()));
+    }
+    let s = st.attacker().await;
+    // closing is one acceptable answer; staying open is another as long as memory and other
+    // clients are fine (the server answers each frame, so the attacker must read to go on)
+    let _closed =
+        tokio::time::timeout(Duration::from_secs(20), flood_until_closed(s, frames)).await;
+    st.normal_client_served().await;
+    assert!(st.rss_mib() < rss_before + 100, "memory grew past 100 MiB");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streams_past_the_concurrency_limit_are_refused() {
+    let st = setup().await;
+    // 500 streams opened at once, none finished (no END_STREAM): the limit is 100
+    let block_without_end = GET_BLOCK;
+    let mut frames = Vec::new();
+    for i in 0..500u32 {
+        frames.push(frame(HEADERS, END_HEADERS, 1 + 2 * i, block_without_end));
+    }
+    let s = st.attacker().await;
+    let (mut r, mut w) = s.into_split();
+    for f in &frames {
+        w.write_all(f).await.unwrap();
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut seen = Vec::new();
+    let mut resets = 0;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let closed = loop {
+        match tokio::time::timeout_at(deadline, r.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break true,
+            Ok(Ok(n)) => {
+                seen.extend_from_slice(&buf[..n]);
+                let mut at = 0;
+                while seen.len() >= at + 9 {
+                    let len = (usize::from(seen[at]) << 16)
+                        | (usize::from(seen[at + 1]) << 8)
+                        | usize::from(seen[at + 2]);
+                    if seen.len() < at + 9 + len {
+                        break;
+                    }
+                    match seen[at + 3] {
+                        RST_STREAM => resets += 1,
+                        GOAWAY => {}
+                        _ => {}
+                    }
+                    at += 9 + len;
+                }
+                seen.drain(..at);
+                if resets >= 400 {
+                    break false;
+                }
+            }
+            Err(_) => break false,
+        }
+    };
+    assert!(
+        closed || resets >= 400,
+        "streams over the limit were neither refused nor the connection closed ({resets} resets)"
+    );
+    st.normal_client_served().await;
+}
