@@ -612,3 +612,57 @@ async fn certificate_swaps_under_http2_and_http1_load_fail_nothing() {
     );
     assert!(ok2 > 0 && ok1 > 0, "{ok2} {ok1}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_half_open_handshakes_is_bounded_and_cut() {
+    let ca = Ca::new();
+    ca.leaf("a", &["a.test"], false);
+    let up = TestUpstream::start("up").await;
+    let extra = "        handshake_timeout: 1s\n  limits: { max_connections: 200 }\n";
+    let (gw, https) = gateway(&ca, &up, &["a"], extra).await;
+    let rss = || {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
+        s.lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    let rss_before = rss();
+    // 1,000 connections that send half a ClientHello and stop
+    let mut held = Vec::new();
+    for _ in 0..1000 {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", https)).await {
+            let _ = s.write_all(&[0x16, 0x03, 0x01, 0x02, 0x00, 0x01]).await;
+            held.push(s);
+        }
+    }
+    let active = "gatehouse_connections_active{listener=\"proxy\"}";
+    let mut most = 0.0f64;
+    for _ in 0..10 {
+        most = most.max(gw.metric(active).await);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(most <= 200.0, "{most} connections served at once");
+    // all cut at the handshake timeout: the server closes every one of them
+    let closed = common::eventually(Duration::from_secs(10), || async {
+        gw.metric(active).await == 0.0
+    })
+    .await;
+    assert!(closed, "half-open handshakes were not all cut");
+    let listener = format!("listener=\"127.0.0.1:{https}\"");
+    let timeouts = format!("gatehouse_tls_handshakes_total{{{listener},result=\"timeout\"}}");
+    assert!(gw.metric(&timeouts).await >= 150.0);
+    drop(held);
+    let r = ca
+        .client(https, &["a.test"])
+        .get(format!("https://a.test:{https}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        rss() < rss_before + 100 * 1024,
+        "memory grew by {} KiB",
+        rss() - rss_before
+    );
+}

@@ -17,6 +17,14 @@ pub mod pipeline;
 mod strict;
 pub mod trace;
 
+/// Entry points for the fuzz targets in `fuzz/` (not a stable API): the parsers of untrusted
+/// input that live in private modules.
+#[doc(hidden)]
+pub mod fuzzing {
+    pub use super::client_ip::client_ip;
+    pub use super::strict::{check_h1, check_target, valid_host, LengthField, LineCheck};
+}
+
 use std::sync::Arc;
 
 use async_trait::async_trait;

@@ -17,15 +17,11 @@ use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
 use pingora_http::RequestHeader;
 
 /// Why a request is refused: status and message.
-pub(super) type Refusal = (u16, &'static str);
+pub type Refusal = (u16, &'static str);
 
 /// Checks an HTTP/1 request head (`raw_line_ok`: the connection guard's verdict on the raw
 /// request line; `raw_length`: the raw head had a `Content-Length` field).
-pub(super) fn check_h1(
-    req: &RequestHeader,
-    raw_line_ok: bool,
-    raw_length: bool,
-) -> Option<Refusal> {
+pub fn check_h1(req: &RequestHeader, raw_line_ok: bool, raw_length: bool) -> Option<Refusal> {
     if !raw_line_ok {
         return Some((400, "invalid request line"));
     }
@@ -104,7 +100,7 @@ pub(super) fn check_h1(
 }
 
 /// The target's form (HTTP/1 and HTTP/2): origin-form, absolute-form, or `*` for OPTIONS.
-pub(super) fn check_target(req: &RequestHeader) -> Option<Refusal> {
+pub fn check_target(req: &RequestHeader) -> Option<Refusal> {
     let t = req.raw_path();
     let ok = match t.first() {
         Some(b'/') => true,
@@ -128,7 +124,7 @@ fn absolute_authority(t: &[u8]) -> Option<&[u8]> {
 
 /// `host [":" port]`: a reg-name of letters, digits, `-`, `.`, `_`, `~` (or `%XX`), an IPv4
 /// address, or an IPv6 literal in brackets; the port 0-65535.
-pub(super) fn valid_host(v: &[u8]) -> bool {
+pub fn valid_host(v: &[u8]) -> bool {
     let (host, port) = if let Some(rest) = v.strip_prefix(b"[") {
         let Some(end) = rest.iter().position(|b| *b == b']') else {
             return false;
