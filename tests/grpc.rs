@@ -9,7 +9,7 @@
 mod common;
 
 use std::convert::Infallible;
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
@@ -230,25 +230,7 @@ impl Setup {
     }
 
     async fn tls_call(&self, method: &str, payload: &[u8]) -> Call {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca.pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", self.https))
-            .await
-            .unwrap();
-        let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("a.test".try_into().unwrap(), tcp)
-            .await
-            .unwrap();
+        let tls = self.ca.connect_tls(self.https, "a.test", &[b"h2"]).await;
         assert_eq!(tls.get_ref().1.alpn_protocol(), Some(b"h2".as_slice()));
         call(tls, &format!("a.test:{}", self.https), method, payload).await
     }

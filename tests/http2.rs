@@ -203,7 +203,6 @@ routes:
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_half_sent_http2_preface_is_cut_at_the_head_deadline() {
-    use std::sync::Arc;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let ca = Ca::new();
     ca.leaf("a", &["a.test"], false);
@@ -222,29 +221,8 @@ async fn a_half_sent_http2_preface_is_cut_at_the_head_deadline() {
     })
     .await;
     let https = *https.lock().unwrap();
-    let connect = || async {
-        use rustls_pki_types::pem::PemObject;
-        let mut roots = rustls::RootCertStore::empty();
-        for c in rustls_pki_types::CertificateDer::pem_slice_iter(ca.pem.as_bytes()) {
-            roots.add(c.unwrap()).unwrap();
-        }
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let mut config = rustls::ClientConfig::builder_with_provider(provider)
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth();
-        config.alpn_protocols = vec![b"h2".to_vec()];
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", https))
-            .await
-            .unwrap();
-        tokio_rustls::TlsConnector::from(Arc::new(config))
-            .connect("a.test".try_into().unwrap(), tcp)
-            .await
-            .unwrap()
-    };
     // five bytes of the preface, then nothing: closed at the deadline (well before 10 s)
-    let mut tls = connect().await;
+    let mut tls = ca.connect_tls(https, "a.test", &[b"h2"]).await;
     tls.write_all(b"PRI *").await.unwrap();
     tls.flush().await.unwrap();
     let mut buf = [0u8; 256];
@@ -255,7 +233,7 @@ async fn a_half_sent_http2_preface_is_cut_at_the_head_deadline() {
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
     assert!(started.elapsed() < Duration::from_secs(10));
     // something that is not the preface is closed at once
-    let mut tls = connect().await;
+    let mut tls = ca.connect_tls(https, "a.test", &[b"h2"]).await;
     tls.write_all(b"GET / HTTP/1.1\r\nHost: a\r\n\r\n")
         .await
         .unwrap();

@@ -620,13 +620,7 @@ async fn a_flood_of_half_open_handshakes_is_bounded_and_cut() {
     let up = TestUpstream::start("up").await;
     let extra = "        handshake_timeout: 1s\n  limits: { max_connections: 200 }\n";
     let (gw, https) = gateway(&ca, &up, &["a"], extra).await;
-    let rss = || {
-        let s = std::fs::read_to_string(format!("/proc/{}/status", gw.pid())).unwrap();
-        s.lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
-            .unwrap()
-    };
+    let rss = || gw.rss_kib();
     let rss_before = rss();
     // 1,000 connections that send half a ClientHello and stop
     let mut held = Vec::new();

@@ -20,6 +20,8 @@ pub(crate) struct LoadedCert {
     pub(crate) not_after: i64,
     /// SHA-256 of the files' bytes (to tell a changed file on reload).
     pub(crate) digest: [u8; 32],
+    /// The private key's DER (for Pingora's upstream client certificate).
+    pub(crate) key_der: Vec<u8>,
 }
 
 /// Reads and checks `cert` (chain, leaf first) and `key`. The error says what is wrong with
@@ -60,6 +62,7 @@ pub(crate) fn load(cert: &Path, key: &Path, now: i64) -> Result<LoadedCert, Stri
     h.update(&cert_bytes);
     h.update(&key_bytes);
     Ok(LoadedCert {
+        key_der: private.secret_der().to_vec(),
         key: Arc::new(certified),
         names,
         not_after,

@@ -5,7 +5,7 @@
 //! open connections keep theirs. The handshake itself runs in the connection guard
 //! (`proxy::conn`), under the connection cap and the listener's handshake timeout.
 
-mod certs;
+pub(crate) mod certs;
 pub mod client;
 mod sni;
 

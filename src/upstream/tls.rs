@@ -13,7 +13,7 @@ use pingora_core::protocols::ALPN;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_core::utils::tls::{CertKey, WrappedX509};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use crate::config::error::Scope;
@@ -128,27 +128,20 @@ fn read_certs(path: &Path) -> Result<Vec<Vec<u8>>, String> {
     Ok(certs)
 }
 
-/// The client certificate chain and key, checked to match.
+/// The client certificate chain and key: read and checked like a listener's certificate
+/// (the pair matches, the leaf has not expired), and every certificate of the chain parses
+/// (Pingora's wrappers panic otherwise).
 fn client_cert(cert: &Path, key: &Path) -> Result<CertKey, String> {
-    let chain = read_certs(cert)?;
-    let key_bytes =
-        std::fs::read(key).map_err(|e| format!("cannot read `{}`: {e}", key.display()))?;
-    let private = PrivateKeyDer::from_pem_slice(&key_bytes)
-        .map_err(|e| format!("`{}`: no PEM private key: {e}", key.display()))?;
-    let signing = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| format!("`{}`: unsupported private key: {e}", key.display()))?;
-    let certified = rustls::sign::CertifiedKey::new(
-        chain.iter().cloned().map(CertificateDer::from).collect(),
-        signing,
-    );
-    certified.keys_match().map_err(|_| {
-        format!(
-            "`{}` does not match the certificate `{}`",
-            key.display(),
-            cert.display()
-        )
-    })?;
-    Ok(CertKey::new(chain, private.secret_der().to_vec()))
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    let loaded = crate::tls::certs::load(cert, key, now)?;
+    let chain: Vec<Vec<u8>> = loaded.key.cert.iter().map(|c| c.to_vec()).collect();
+    for c in &chain {
+        x509_parser::parse_x509_certificate(c)
+            .map_err(|e| format!("`{}`: a certificate does not parse: {e}", cert.display()))?;
+    }
+    Ok(CertKey::new(chain, loaded.key_der))
 }
 
 fn alpn(list: &[String], s: &mut Scope<'_>) -> ALPN {
