@@ -15,7 +15,8 @@ COPY conf/ /etc/gatehouse/
 USER gatehouse
 # 8080: proxy listener. 9180: admin listener (/health, /ready, /metrics). The shipped config
 # binds admin to 127.0.0.1; mount a config with admin.listen "0.0.0.0:9180" to reach it from
-# outside the container, and set GATEHOUSE_ADMIN_TOKEN.
+# outside the container, and set GATEHOUSE_ADMIN_TOKEN (an admin listener off loopback without
+# a token is a config error unless admin.allow_unauthenticated: true).
 EXPOSE 8080 9180
 # SIGTERM drains in-flight requests for server.grace_period, then exits.
 STOPSIGNAL SIGTERM
