@@ -87,6 +87,22 @@ def rss_hwm_kb(pid):
     return total
 
 
+def stop_all(procs, nginx, tmp):
+    """Stops every process a run started (nginx with a graceful quit, which takes its workers
+    along; the others with SIGKILL) and removes the run's directory."""
+    for p in procs:
+        try:
+            p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGKILL)
+        except OSError:
+            pass
+    for p in procs:
+        try:
+            p.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            p.kill()
+    shutil.rmtree(tmp, ignore_errors=True)
+
+
 def jwt():
     def b64(b):
         return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -305,18 +321,7 @@ def main():
         print(f"| backend direct (ceiling) | {med(direct, 'rps'):,.0f} | {med(direct, 'p50'):.0f} | {med(direct, 'p99'):.0f} | | | "
               f"{med(direct, 'rps') / b_rps:.2f}x | | | |")
     finally:
-        for p in procs:
-            try:
-                # nginx: graceful quit takes its workers along; the others: kill
-                p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGKILL)
-            except OSError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, nginx, tmp)
 
 
 if __name__ == "__main__":

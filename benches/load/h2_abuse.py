@@ -11,9 +11,7 @@ Needs: nginx (the backend), h2load (nghttp2-client), a release build of gatehous
 """
 import argparse
 import os
-import re
 import shutil
-import signal
 import socket
 import statistics
 import struct
@@ -24,7 +22,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import NGINX_BACKEND, ROOT, free_port, wait_port  # noqa: E402
+from compare import NGINX_BACKEND, ROOT, free_port, stop_all, wait_port  # noqa: E402
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 GET_BLOCK = bytes([0x82, 0x86, 0x84, 0x41, 0x01]) + b"a"
@@ -147,17 +145,7 @@ routes:
         for kind, b50, b99, l50, l99, rss, done in rows:
             print(f"| {kind} | {b50:.0f} | {b99:.0f} | {l50:.0f} | {l99:.0f} | {l99 / b99:.2f}x | {rss / 1024:.0f} | {done} |")
     finally:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGKILL)
-            except OSError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, nginx, tmp)
 
 
 if __name__ == "__main__":

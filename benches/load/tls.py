@@ -21,7 +21,6 @@ import argparse
 import os
 import re
 import shutil
-import signal
 import socket
 import ssl
 import statistics
@@ -31,7 +30,7 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import CLK_TCK, NGINX_BACKEND, ROOT, children_ticks, free_port, wait_port  # noqa: E402
+from compare import CLK_TCK, NGINX_BACKEND, ROOT, children_ticks, free_port, stop_all, wait_port  # noqa: E402
 
 NGINX_TLS = """
 worker_processes 1;
@@ -247,17 +246,7 @@ def main():
             print(f"| {name} | {before / 1024:.1f} | {after / 1024:.1f} | {(after - before) / 1024:.1f} | "
                   f"{(after - before) / max(g0, 1):.2f}x |")
     finally:
-        for p in procs:
-            try:
-                p.send_signal(signal.SIGQUIT if nginx in p.args else signal.SIGKILL)
-            except OSError:
-                pass
-        for p in procs:
-            try:
-                p.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        shutil.rmtree(tmp, ignore_errors=True)
+        stop_all(procs, nginx, tmp)
 
 
 if __name__ == "__main__":
