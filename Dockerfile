@@ -1,13 +1,16 @@
-# Build stage: the Rust toolchain plus cmake (Pingora's zlib-ng needs it).
+# Build stage: the Rust toolchain plus cmake (Pingora's zlib-ng needs it) and libmodsecurity's
+# headers (the `waf` plugin, found with pkg-config).
 FROM rust:1-bookworm AS build
-RUN apt-get update && apt-get install -y --no-install-recommends cmake && rm -rf /var/lib/apt/lists/*
+RUN apt-get update && apt-get install -y --no-install-recommends cmake pkg-config libmodsecurity-dev \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /src
 COPY . .
 RUN cargo build --release --bin gatehouse
 
-# Run stage: slim Debian, non-root user, the shipped configs.
+# Run stage: slim Debian, non-root user, the shipped configs; libmodsecurity3 and the OWASP
+# Core Rule Set (/etc/modsecurity/crs, /usr/share/modsecurity-crs/rules) for the `waf` plugin.
 FROM debian:bookworm-slim
-RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates \
+RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libmodsecurity3 modsecurity-crs \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gatehouse
 COPY --from=build /src/target/release/gatehouse /usr/local/bin/gatehouse

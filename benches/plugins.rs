@@ -1,6 +1,7 @@
 //! Plugin chain cost per request: the full chain used by the load comparison (cors, jwt HS256,
 //! rate_limit not triggered, headers) against an empty chain, request and response hooks,
-//! on a parsed request; plus the cache key.
+//! on a parsed request; the `lua` plugin against the compiled `headers` plugin; plus the cache
+//! key.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -81,12 +82,47 @@ fn bench(c: &mut Criterion) {
                     .await
                     .unwrap();
             }
+            for (i, p) in plugins.iter().enumerate().rev() {
+                let mut cx = PluginCtx::new(&mut info, &mut slots[i]);
+                p.logging(&mut session, None, &mut cx).await;
+            }
             black_box(r);
         })
     };
     let mut g = c.benchmark_group("plugin_chain");
     g.bench_function("empty", |b| b.iter(|| run(&[])));
     g.bench_function("cors+jwt+rate_limit+headers", |b| b.iter(|| run(&full)));
+    g.finish();
+
+    // the `lua` plugin: one phase call reading a header and setting one, the three-phase
+    // script of the README, and the compiled `headers` plugin doing the same set
+    let one_line = chain(
+        r#"
+- lua: { access: 'gatehouse.service.request.set_header("x-tenant", gatehouse.request.get_header("accept"))' }
+"#,
+    );
+    let three = chain(
+        r#"
+- lua:
+    config: { default_tenant: acme }
+    access: |
+      local t = gatehouse.request.get_header("x-tenant") or conf.default_tenant
+      ctx.tenant = t
+      gatehouse.service.request.set_header("x-tenant", t)
+    header_filter: |
+      gatehouse.response.set_header("x-tenant", ctx.tenant)
+    log: |
+      local status = gatehouse.response.get_status()
+"#,
+    );
+    let rust = chain("- headers: { request: { set: { X-Tenant: acme } } }\n");
+    let mut g = c.benchmark_group("lua");
+    g.bench_function("no plugin", |b| b.iter(|| run(&[])));
+    g.bench_function("headers plugin (compiled)", |b| b.iter(|| run(&rust)));
+    g.bench_function("access: header read + set", |b| b.iter(|| run(&one_line)));
+    g.bench_function("access + header_filter + log (ctx)", |b| {
+        b.iter(|| run(&three))
+    });
     g.finish();
 
     let mut req = RequestHeader::build("GET", b"/catalog/items/42?lang=de&page=3", None).unwrap();

@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
 # Installs the Debian packages whose commands are missing: each argument is `command:package`
-# (or just `name` when both are the same). As root it runs apt-get; otherwise it names what to
+# (or just `name` when both are the same); a command starting with `/` is a file that must
+# exist (a library's header, a rule set). As root it runs apt-get; otherwise it names what to
 # install and fails.
 set -euo pipefail
 need=()
 for pair in "$@"; do
   cmd=${pair%%:*}
   pkg=${pair#*:}
-  command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg")
+  case "$cmd" in
+    /*) [ -e "$cmd" ] || need+=("$pkg") ;;
+    *) command -v "$cmd" >/dev/null 2>&1 || need+=("$pkg") ;;
+  esac
 done
 [ ${#need[@]} -eq 0 ] && exit 0
 if [ "$(id -u)" -ne 0 ]; then

@@ -6,8 +6,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-# Pingora's zlib-ng builds with cmake: installed when missing (as root), as scripts/test.sh does
-./scripts/install-missing.sh cmake
+# Pingora's zlib-ng builds with cmake, the `waf` plugin links libmodsecurity (found with
+# pkg-config) and ships with the OWASP CRS in mind: installed when missing (as root), as
+# scripts/test.sh does
+./scripts/install-missing.sh cmake pkg-config /usr/include/modsecurity/modsecurity.h:libmodsecurity-dev /usr/share/modsecurity-crs/rules/REQUEST-901-INITIALIZATION.conf:modsecurity-crs
 
 cargo build --release --bin gatehouse --example demo_backend
 

@@ -52,20 +52,29 @@ pub struct Entry<'a> {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'a str>,
     /// Plugin decisions, e.g. `{"jwt": "expired"}`.
-    #[serde(skip_serializing_if = "Outcomes::is_empty")]
+    #[serde(skip_serializing_if = "Pairs::is_empty")]
     pub plugins: Outcomes<'a>,
+    /// What plugins said beyond their decision, e.g. `{"waf": {"rules": [...]}}`.
+    #[serde(skip_serializing_if = "Pairs::is_empty")]
+    pub details: Details<'a>,
 }
 
 /// Plugin decisions, serialized as a JSON object.
-pub struct Outcomes<'a>(pub &'a [(&'static str, &'static str)]);
+pub type Outcomes<'a> = Pairs<'a, &'static str>;
 
-impl Outcomes<'_> {
+/// Plugin details, serialized as a JSON object.
+pub type Details<'a> = Pairs<'a, serde_json::Value>;
+
+/// `(plugin kind, value)` pairs, serialized as a JSON object.
+pub struct Pairs<'a, V>(pub &'a [(&'static str, V)]);
+
+impl<V> Pairs<'_, V> {
     fn is_empty(&self) -> bool {
         self.0.is_empty()
     }
 }
 
-impl Serialize for Outcomes<'_> {
+impl<V: Serialize> Serialize for Pairs<'_, V> {
     fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let mut m = s.serialize_map(Some(self.0.len()))?;

@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use http::{Response, StatusCode};
-use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
-use pingora_cache::CacheKey;
 use pingora_core::apps::http_app::ServeHttp;
 use pingora_core::protocols::http::ServerSession;
 
@@ -17,6 +15,7 @@ use crate::metrics::Metrics;
 use crate::proxy::cache::CacheRuntime;
 use crate::reload::{ReloadOutcome, Reloader};
 use crate::state::SharedState;
+use crate::state::Snapshot;
 
 /// Largest admin request body read.
 const MAX_BODY: usize = 64 * 1024;
@@ -39,6 +38,11 @@ const SECRET_KEYS: &[&str] = &[
     "apikey",
     "client_secret",
     "private_key",
+    // header maps (`tracing.otlp.headers`)
+    "authorization",
+    "proxy-authorization",
+    "x-api-key",
+    "cookie",
 ];
 
 /// Replaces the values of secret-looking keys (at any depth) with `"<redacted>"`.
@@ -58,6 +62,13 @@ pub fn redact(v: &mut serde_yaml::Value) {
         }
         serde_yaml::Value::Sequence(s) => s.iter_mut().for_each(redact),
         serde_yaml::Value::Tagged(t) => redact(&mut t.value),
+        // credentials in a URL (`redis://user:pass@host`)
+        serde_yaml::Value::String(text) => {
+            let clean = crate::redis_link::redact_url(text);
+            if clean != *text {
+                *text = clean;
+            }
+        }
         _ => {}
     }
 }
@@ -105,6 +116,31 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Splits `http(s)://host[:port]/path?q` into (host, explicit port, path+query).
+/// Purges `url` (`http(s)://host[:port]/path?query`, every variant) from this instance's
+/// cache: how many objects went, or `None` for a URL that is not one. A URL without a port
+/// may have been cached under any listener's port (and 80, 443): all are purged.
+pub(crate) fn purge_local(cache: &CacheRuntime, snap: &Snapshot, url: &str) -> Option<usize> {
+    let (host, port, pq) = parse_url(url)?;
+    let mut ports: Vec<u16> = match port {
+        Some(p) => vec![p],
+        None => {
+            let mut v = vec![80, 443];
+            v.extend(
+                snap.raw
+                    .server
+                    .listen
+                    .iter()
+                    .filter_map(|l| l.addr().parse::<std::net::SocketAddr>().ok())
+                    .map(|a| a.port()),
+            );
+            v
+        }
+    };
+    ports.sort_unstable();
+    ports.dedup();
+    Some(cache.purge(&host, &ports, &pq))
+}
+
 fn parse_url(url: &str) -> Option<(String, Option<u16>, String)> {
     let (scheme, rest) = url.split_once("://")?;
     if scheme != "http" && scheme != "https" {
@@ -138,7 +174,7 @@ impl AdminApp {
         constant_time_eq(given, token)
     }
 
-    fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
+    async fn purge(&self, body: &[u8]) -> Response<Vec<u8>> {
         #[derive(serde::Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Purge {
@@ -150,42 +186,24 @@ impl AdminApp {
                 "expected {\"url\": \"http://host/path?query\"}",
             );
         };
-        let Some((host, port, pq)) = parse_url(&p.url) else {
+        let snap = self.state.snapshot();
+        let Some(purged) = purge_local(&self.cache, &snap, &p.url) else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "url must be http(s)://host[:port]/path",
             );
         };
-        // a URL without a port may have been cached under any listener's port
-        let mut ports: Vec<u16> = match port {
-            Some(p) => vec![p],
-            None => {
-                let snap = self.state.snapshot();
-                let mut v = vec![80, 443];
-                v.extend(
-                    snap.raw
-                        .server
-                        .listen
-                        .iter()
-                        .filter_map(|l| l.addr().parse::<std::net::SocketAddr>().ok())
-                        .map(|a| a.port()),
-                );
-                v
-            }
+        // and on every other instance, through the shared feed (`purge_feed`)
+        let link = snap.redis.clone();
+        drop(snap);
+        let propagated = match link {
+            Some(link) => link.publish_purge(&p.url).await,
+            None => false,
         };
-        ports.sort_unstable();
-        ports.dedup();
-        let mut purged = 0usize;
-        for port in ports {
-            let key = CacheKey::new(format!("GET http://{host}:{port}{pq}"), "");
-            for compact in self.cache.store.purge_all_variants(&key) {
-                self.cache
-                    .eviction
-                    .remove(CacheEntryKeyRef::KeyOnly(&compact));
-                purged += 1;
-            }
-        }
-        json(StatusCode::OK, serde_json::json!({ "purged": purged }))
+        json(
+            StatusCode::OK,
+            serde_json::json!({ "purged": purged, "propagated": propagated }),
+        )
     }
 
     async fn reload(&self) -> Response<Vec<u8>> {
@@ -231,6 +249,12 @@ impl AdminApp {
             "/reload" | "/config" => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
             }
+            "/cache/purge" if r.method != http::Method::POST => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            "/cache/purge" if !self.authorized(r.authorization) => unauthorized(),
+            // async: the purge is published to the other instances
+            "/cache/purge" => self.purge(r.body).await,
             _ => self.handle(r),
         }
     }
@@ -238,7 +262,6 @@ impl AdminApp {
     /// Routes one admin request.
     pub fn handle(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
         let get = r.method == http::Method::GET || r.method == http::Method::HEAD;
-        let post = r.method == http::Method::POST;
         match r.path {
             "/health" | "/ready" | "/metrics" if !get => {
                 json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
@@ -262,11 +285,6 @@ impl AdminApp {
                     self.metrics.encode(),
                 )
             }
-            "/cache/purge" if !post => {
-                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
-            }
-            "/cache/purge" if !self.authorized(r.authorization) => unauthorized(),
-            "/cache/purge" => self.purge(r.body),
             _ => json_error(StatusCode::NOT_FOUND, "not found"),
         }
     }

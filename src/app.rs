@@ -138,15 +138,25 @@ fn proxy_service(
     // Pingora's h2 server looks for the h2c preface only on connections the guard hands it
     // (plain listeners with `h2c: true` whose first bytes are the preface)
     options.h2c = true;
+    // CONNECT reaches the gateway's hooks, which refuse it with the gateway's 405 (Pingora's
+    // own refusal has no body)
+    options.allow_connect_method_proxying = true;
     http.server_options = Some(options);
+    let blocklist = Arc::new(crate::proxy::abuse::Blocklist::new(
+        metrics.connections.refused.with_label_values(&["blocked"]),
+    ));
     let guarded = Guarded::new(
         http,
         Arc::clone(state),
         metrics.connections.active.with_label_values(&["proxy"]),
         metrics.connections.accepted.with_label_values(&["proxy"]),
+        metrics.connections.refused.clone(),
         metrics.tls.clone(),
+        Arc::clone(&blocklist),
     );
     let mut proxy = Service::new("gatehouse proxy".to_string(), guarded);
+    // sources blocked for HTTP/2 abuse are dropped in the accept loop
+    proxy.set_connection_filter(blocklist);
     // Pingora's default read buffer is 64 KiB per connection (sized for TLS records);
     // gatehouse serves plain HTTP: by default none, the HTTP parser reads straight from the
     // socket into its own buffer (same syscalls, 16-64 KiB less per idle connection)
@@ -240,6 +250,14 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     server.add_service(proxy_service(&server, gateway, &state, &metrics));
     server.add_service(admin);
     server.add_service(health_service(&state, &metrics));
+    // cache purges from the other instances (when a `redis` section is configured)
+    server.add_service(background_service(
+        "purge feed",
+        crate::purge_feed::PurgeFeed {
+            state: Arc::clone(&state),
+            cache,
+        },
+    ));
     let watch_file = server_cfg.watch_config;
     server.add_service(background_service(
         "reload",

@@ -43,6 +43,9 @@ pub(crate) struct UpstreamMetrics {
 pub(crate) struct ConnectionMetrics {
     pub(crate) active: IntGaugeVec,
     pub(crate) accepted: IntCounterVec,
+    /// Connections the guard closed on its own, by reason (`max_connections`, `blocked`,
+    /// `h2_control_frames`).
+    pub(crate) refused: IntCounterVec,
 }
 
 /// Series of HTTPS listeners.
@@ -160,8 +163,116 @@ pub struct Metrics {
     pub(crate) config: ConfigMetrics,
     pub(crate) decisions: DecisionMetrics,
     pub(crate) tls: TlsMetrics,
+    pub(crate) redis: RedisMetrics,
     pub(crate) cache_size: IntGauge,
     pub(crate) access_log_dropped: IntCounter,
+    pub(crate) trace: TraceMetrics,
+}
+
+/// Series of the span export (`tracing.otlp`).
+#[derive(Clone)]
+pub(crate) struct TraceMetrics {
+    /// Spans the collector took.
+    pub(crate) exported: IntCounter,
+    /// Spans dropped, by reason (`queue_full`, `export_failed`, `no_exporter`).
+    pub(crate) dropped: IntCounterVec,
+}
+
+/// Series of the connection to Redis (the top-level `redis` section).
+#[derive(Clone)]
+pub(crate) struct RedisMetrics {
+    /// 1 while calls get answers (breaker closed, connection up).
+    pub(crate) up: IntGauge,
+    /// 1 while the breaker is open (no calls on the request path).
+    pub(crate) breaker_open: IntGauge,
+    /// Live gateway instances registered in Redis, as last read.
+    pub(crate) instances: IntGauge,
+    /// Call latency by operation (`rate_limit`, `heartbeat`, `probe`).
+    pub(crate) calls: HistogramVec,
+    /// Calls that gave no answer, by operation and reason (`timeout`, `error`,
+    /// `breaker_open`).
+    pub(crate) errors: IntCounterVec,
+    /// Cache purges through Redis: `sent`, `not_sent` (Redis away), `applied` (from others).
+    pub(crate) purges: IntCounterVec,
+    /// Whole-cache flushes by the purge feed, by reason (`gap`: purges may have been missed,
+    /// `restart`: Redis restarted).
+    pub(crate) flushes: IntCounterVec,
+    /// 1 while the purge feed is reading the stream.
+    pub(crate) feed_up: IntGauge,
+}
+
+impl RedisMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = RedisMetrics {
+            up: IntGauge::new(
+                "gatehouse_redis_up",
+                "1 while Redis answers (breaker closed, connected).",
+            )?,
+            breaker_open: IntGauge::new(
+                "gatehouse_redis_breaker_open",
+                "1 while the Redis breaker is open: the request path does not call Redis.",
+            )?,
+            instances: IntGauge::new(
+                "gatehouse_redis_instances",
+                "Gateway instances alive in Redis's registry, as last read.",
+            )?,
+            calls: histogram_vec(
+                "gatehouse_redis_call_duration_seconds",
+                "Redis call latency, by operation.",
+                &[
+                    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5,
+                ],
+                &["op"],
+            )?,
+            errors: counter_vec(
+                "gatehouse_redis_errors_total",
+                "Redis calls without an answer, by operation and reason.",
+                &["op", "reason"],
+            )?,
+            purges: counter_vec(
+                "gatehouse_cache_purges_shared_total",
+                "Cache purges through Redis: sent, not_sent (Redis away), applied (from other instances).",
+                &["result"],
+            )?,
+            flushes: counter_vec(
+                "gatehouse_cache_flushes_total",
+                "Whole-cache flushes by the purge feed, by reason (gap, restart).",
+                &["reason"],
+            )?,
+            feed_up: IntGauge::new(
+                "gatehouse_cache_purge_feed_up",
+                "1 while the purge feed reads the shared purge stream.",
+            )?,
+        };
+        register(
+            registry,
+            vec![
+                Box::new(m.up.clone()),
+                Box::new(m.breaker_open.clone()),
+                Box::new(m.instances.clone()),
+                Box::new(m.calls.clone()),
+                Box::new(m.errors.clone()),
+                Box::new(m.purges.clone()),
+                Box::new(m.flushes.clone()),
+                Box::new(m.feed_up.clone()),
+            ],
+        )?;
+        for result in ["sent", "not_sent", "applied"] {
+            m.purges.with_label_values(&[result]);
+        }
+        for reason in ["gap", "restart"] {
+            m.flushes.with_label_values(&[reason]);
+        }
+        // every series from the start (0 without a `redis` section), so dashboards and
+        // alerts see them before the first failure
+        for op in ["rate_limit", "sync", "heartbeat", "probe", "purge"] {
+            m.calls.with_label_values(&[op]);
+            for reason in ["timeout", "error", "breaker_open"] {
+                m.errors.with_label_values(&[op, reason]);
+            }
+        }
+        Ok(m)
+    }
 }
 
 fn counter_vec(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
@@ -293,11 +404,28 @@ impl ConnectionMetrics {
                 "Client connections accepted, by listener.",
                 &["listener"],
             )?,
+            refused: counter_vec(
+                "gatehouse_connections_refused_total",
+                "Client connections closed by the gateway's connection guard, by reason.",
+                &["reason"],
+            )?,
         };
         register(
             registry,
-            vec![Box::new(m.active.clone()), Box::new(m.accepted.clone())],
+            vec![
+                Box::new(m.active.clone()),
+                Box::new(m.accepted.clone()),
+                Box::new(m.refused.clone()),
+            ],
         )?;
+        for reason in [
+            "max_connections",
+            "blocked",
+            "h2_control_frames",
+            "h2_enhance_your_calm",
+        ] {
+            m.refused.with_label_values(&[reason]);
+        }
         Ok(m)
     }
 }
@@ -410,6 +538,17 @@ impl Metrics {
             "gatehouse_access_log_dropped_total",
             "Access log lines dropped because the writer could not keep up.",
         )?;
+        let trace = TraceMetrics {
+            exported: IntCounter::new(
+                "gatehouse_trace_spans_exported_total",
+                "Spans the OTLP collector accepted.",
+            )?,
+            dropped: counter_vec(
+                "gatehouse_trace_spans_dropped_total",
+                "Spans dropped: the export queue was full, the export failed, or no exporter.",
+                &["reason"],
+            )?,
+        };
         let build_info = gauge_vec(
             "gatehouse_build_info",
             "Always 1; the version label tells the build.",
@@ -423,6 +562,8 @@ impl Metrics {
             vec![
                 Box::new(cache_size.clone()),
                 Box::new(access_log_dropped.clone()),
+                Box::new(trace.exported.clone()),
+                Box::new(trace.dropped.clone()),
                 Box::new(build_info),
             ],
         )?;
@@ -437,9 +578,11 @@ impl Metrics {
             config: ConfigMetrics::new(&registry)?,
             decisions: DecisionMetrics::new(&registry, plugins)?,
             tls: TlsMetrics::new(&registry)?,
+            redis: RedisMetrics::new(&registry)?,
             registry,
             cache_size,
             access_log_dropped,
+            trace,
         })
     }
 

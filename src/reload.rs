@@ -151,8 +151,17 @@ impl Reloader {
                 return self.failed(trigger, e);
             }
         };
+        // unchanged: the same YAML, the same certificates, and no plugin rebuilt because a
+        // file it was built from changed (e.g. WAF rules)
+        let same_plugins = snap.plugins.len() == prev.plugins.len()
+            && snap.plugins.iter().all(|(k, p)| {
+                prev.plugins
+                    .get(k)
+                    .is_some_and(|q| Arc::ptr_eq(&p.plugin, &q.plugin))
+            });
         if snap.source_hash == prev.source_hash
             && snap.server.tls_digest() == prev.server.tls_digest()
+            && same_plugins
         {
             self.metrics
                 .config
@@ -227,7 +236,12 @@ pub(crate) fn publish(
 
 /// Tells the plugin instances that are new in `next` that they serve from now on (they start
 /// their background work); instances reused from `prev` were told when they first served.
+/// Starts `next`'s Redis link.
 pub(crate) fn start_plugins(prev: Option<&Snapshot>, next: &Snapshot) {
+    // the shared Redis link too (once; a kept link is running already)
+    if let Some(link) = &next.redis {
+        link.start();
+    }
     let id = |p: &gatehouse_plugins::PluginInstance| Arc::as_ptr(&p.plugin).cast::<()>() as usize;
     let known: HashSet<usize> =
         prev.map_or_else(HashSet::new, |prev| prev.plugins.values().map(id).collect());
@@ -376,10 +390,13 @@ fn watch(
 }
 
 impl ReloadService {
-    /// The files whose change triggers a reload: the config and its certificate files.
+    /// The files whose change triggers a reload: the config, its certificate files and the
+    /// files plugins were built from (Lua scripts, key files, WAF rules).
     fn files(&self) -> Vec<PathBuf> {
         let mut v = vec![self.reloader.path().to_path_buf()];
-        v.extend(self.reloader.state.snapshot().server.tls_files());
+        let snap = self.reloader.state.snapshot();
+        v.extend(snap.server.tls_files());
+        v.extend(snap.plugin_files());
         v
     }
 
@@ -423,7 +440,7 @@ impl BackgroundService for ReloadService {
                     while let Ok(Some(())) = tokio::time::timeout(DEBOUNCE, rx.recv()).await {}
                     self.reloader.reload("file").await;
                 }
-                // a reload (from any trigger) may name other certificate files
+                // a reload (from any trigger) may name other certificate or plugin files
                 _ = tokio::time::sleep(WATCH_REFRESH) => {}
             }
             let now = self.files();

@@ -80,6 +80,10 @@ pub struct ServerSettings {
     pub header_read_timeout: std::time::Duration,
     /// Connections served at once; more are closed on accept.
     pub max_connections: usize,
+    /// h2 control frames per second per connection (0: no budget), and how long the source
+    /// of a connection that broke it is refused (`proxy::abuse`).
+    pub h2_control_frames_per_second: u32,
+    pub abuse_block: std::time::Duration,
     /// The headers that pass a verified client certificate upstream.
     pub client_cert_headers: ClientCertHeaders,
 }
@@ -161,6 +165,22 @@ pub struct Snapshot {
     pub source_hash: String,
     /// The config as loaded (variables substituted), for `GET /config` (redacted there).
     pub source: serde_yaml::Value,
+    /// The shared Redis link (`redis:`), started when the snapshot is published.
+    pub redis: Option<Arc<crate::redis_link::RedisLink>>,
+    /// The span exporter (`tracing:`), when configured.
+    pub tracing: Option<Arc<crate::otlp::Tracer>>,
+}
+
+impl Snapshot {
+    /// The files plugins were built from (scripts, key files, rule files), sorted, each once.
+    pub fn plugin_files(&self) -> Vec<std::path::PathBuf> {
+        let mut v: Vec<_> = (self.plugins.values())
+            .flat_map(|p| p.files.iter().map(|(f, _)| f.clone()))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
 }
 
 /// The one swappable pointer to the current snapshot, plus process-wide readiness.

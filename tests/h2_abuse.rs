@@ -58,10 +58,10 @@ async fn setup() -> Setup {
 }
 
 impl Setup {
+    /// A connection from 127.0.0.2 (the normal client comes from 127.0.0.1: the gateway
+    /// refuses an attacker's address for a while), with the preface sent.
     async fn attacker(&self) -> tokio::net::TcpStream {
-        let mut s = tokio::net::TcpStream::connect(("127.0.0.1", self.h2c))
-            .await
-            .unwrap();
+        let mut s = attacker_socket(self.h2c).await.unwrap();
         s.write_all(PREFACE).await.unwrap();
         s.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
         s
@@ -85,9 +85,43 @@ impl Setup {
         );
     }
 
+    /// A new connection from the attacker's address is closed unread.
+    async fn assert_attacker_refused(&self) {
+        let Ok(mut again) = attacker_socket(self.h2c).await else {
+            return; // refused at connect: refused all the same
+        };
+        let _ = again.write_all(PREFACE).await;
+        let mut buf = [0u8; 64];
+        let read = tokio::time::timeout(Duration::from_secs(5), again.read(&mut buf)).await;
+        assert!(
+            matches!(read, Ok(Ok(0)) | Ok(Err(_))),
+            "a blocked address was served: {read:?}"
+        );
+    }
+
+    /// `gatehouse_connections_refused_total{reason}` is above 0 for each of `reasons`.
+    async fn assert_refused_counted(&self, reasons: &[&str]) {
+        let metrics = self.gw.metrics().await;
+        for reason in reasons {
+            let line = format!("gatehouse_connections_refused_total{{reason=\"{reason}\"}} ");
+            assert!(
+                metrics
+                    .lines()
+                    .any(|l| l.starts_with(&line) && !l.ends_with(" 0")),
+                "{reason} not counted: {metrics}"
+            );
+        }
+    }
+
     fn rss_mib(&self) -> u64 {
         self.gw.rss_kib() / 1024
     }
+}
+
+async fn attacker_socket(port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let sock = tokio::net::TcpSocket::new_v4()?;
+    sock.bind("127.0.0.2:0".parse().unwrap())?;
+    sock.connect(([127, 0, 0, 1], port).into()).await
 }
 
 /// What the server sent next.
@@ -183,8 +217,12 @@ async fn rapid_reset_is_cut_off() {
         flood_until_closed(s, frames, Duration::from_secs(10)).await,
         "20,000 opened-and-reset streams did not get the connection closed"
     );
+    // the HTTP/2 layer's GOAWAY (ENHANCE_YOUR_CALM) blocks the source: no reconnecting
+    st.assert_attacker_refused().await;
     st.normal_client_served().await;
     assert!(st.rss_mib() < rss_before + 100, "memory grew past 100 MiB");
+    st.assert_refused_counted(&["h2_enhance_your_calm", "blocked"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -252,11 +290,17 @@ async fn settings_and_ping_floods_stay_bounded() {
         frames.push(frame(PING, 0, 0, &i.to_be_bytes()));
     }
     let s = st.attacker().await;
-    // closing is one acceptable answer; staying open is another as long as memory and other
-    // clients are fine (the server answers each frame, so the attacker must read to go on)
-    let _closed = flood_until_closed(s, frames, Duration::from_secs(3)).await;
+    // the control-frame budget (100/s, a burst of 400) closes the connection
+    assert!(
+        flood_until_closed(s, frames, Duration::from_secs(10)).await,
+        "100,000 SETTINGS and PING frames did not get the connection closed"
+    );
+    // the attacker's address is refused for a while
+    st.assert_attacker_refused().await;
     st.normal_client_served().await;
     assert!(st.rss_mib() < rss_before + 100, "memory grew past 100 MiB");
+    st.assert_refused_counted(&["h2_control_frames", "blocked"])
+        .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

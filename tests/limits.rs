@@ -32,21 +32,9 @@ async fn status(gw: &TestGateway, path: &str, headers: &[(&str, &str)]) -> reqwe
 }
 
 async fn last_log(gw: &TestGateway, n: usize) -> serde_json::Value {
-    let path = gw.dir.path().join("access.log");
-    let ok = eventually(Duration::from_secs(5), || {
-        let p = path.clone();
-        async move {
-            std::fs::read_to_string(p)
-                .unwrap_or_default()
-                .lines()
-                .count()
-                >= n
-        }
-    })
-    .await;
-    assert!(ok, "access log has fewer than {n} lines");
-    let log = std::fs::read_to_string(&path).unwrap();
-    serde_json::from_str(log.lines().nth(n - 1).unwrap()).unwrap()
+    let entries = gw.log_entries(n).await;
+    assert!(entries.len() >= n, "access log has fewer than {n} lines");
+    entries[n - 1].clone()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

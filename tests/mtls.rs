@@ -296,13 +296,7 @@ async fn plain_requests_are_redirected_to_https() {
         ),
     );
     st.gw.write_config(&yaml);
-    let r = st
-        .gw
-        .client
-        .post(st.gw.admin_url("/reload"))
-        .send()
-        .await
-        .unwrap();
+    let r = st.gw.reload().await;
     assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
 
     let plain = reqwest::Client::builder()

@@ -584,12 +584,7 @@ async fn certificate_swaps_under_http2_and_http1_load_fail_nothing() {
     for _ in 0..3 {
         tokio::time::sleep(Duration::from_millis(200)).await;
         let new = ca.leaf("a", &["a.test"], false);
-        let r = gw
-            .client
-            .post(gw.admin_url("/reload"))
-            .send()
-            .await
-            .unwrap();
+        let r = gw.reload().await;
         assert_eq!(r.status(), 200);
         // a new connection sees the new certificate (the file watcher may apply it first)
         let seen = common::eventually(Duration::from_secs(5), || async {

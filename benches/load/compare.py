@@ -103,6 +103,25 @@ def stop_all(procs, nginx, tmp):
     shutil.rmtree(tmp, ignore_errors=True)
 
 
+def release_gatehouse():
+    """The release binary's path, built first unless BUILD=0 and it exists."""
+    binary = os.path.join(ROOT, "target/release/gatehouse")
+    if not os.path.exists(binary) or os.environ.get("BUILD", "1") == "1":
+        subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse"], cwd=ROOT, check=True)
+    return binary
+
+
+def start_backend(nginx, tmp, procs):
+    """The nginx backend on core 1 (added to `procs`); its port once it listens."""
+    port = free_port()
+    with open(f"{tmp}/backend.conf", "w") as f:
+        f.write(NGINX_BACKEND.format(dir=tmp, port=port))
+    procs.append(subprocess.Popen(["taskset", "-c", "1", nginx, "-c", f"{tmp}/backend.conf", "-p", tmp],
+                                  stderr=subprocess.DEVNULL))
+    wait_port(port)
+    return port
+
+
 def jwt():
     def b64(b):
         return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
@@ -201,6 +220,16 @@ def run_wrk(port, duration, conns, headers):
     socket_err = re.search(r"Socket errors: (.*)", out)
     return {"requests": reqs, "rps": rps, "p50": lat("50"), "p99": lat("99"),
             "non2xx": int(errors.group(1)) if errors else 0, "socket_errors": socket_err.group(1) if socket_err else ""}
+
+
+def wrk_path(port, path, duration, conns=8):
+    """wrk on core 1 against `path`: (requests, non-2xx responses)."""
+    cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "-H", "Accept: */*",
+           f"http://127.0.0.1:{port}{path}"]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
+    reqs = int(re.search(r"(\d+) requests in", out).group(1))
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return reqs, int(non2xx.group(1)) if non2xx else 0
 
 
 def idle_connections(port, n):

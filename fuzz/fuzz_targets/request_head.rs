@@ -3,7 +3,7 @@
 //! gatehouse's strict head checks.
 #![no_main]
 
-use gatehouse::proxy::fuzzing::{check_h1, valid_host, LengthField, LineCheck};
+use gatehouse::proxy::fuzzing::{check_h1, valid_host, FieldSeen, LineCheck};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -16,7 +16,7 @@ fuzz_target!(|data: &[u8]| {
     b.feed(&data[..at]);
     b.feed(&data[at..]);
     assert_eq!(a, b, "the request-line verdict depends on the split");
-    let (mut c, mut d) = (LengthField::default(), LengthField::default());
+    let (mut c, mut d) = (FieldSeen::content_length(), FieldSeen::content_length());
     c.feed(data);
     d.feed(&data[..at]);
     d.feed(&data[at..]);

@@ -12,7 +12,11 @@ pub mod cache;
 pub mod cors;
 pub mod headers;
 pub mod jwt;
+#[cfg(feature = "lua")]
+pub mod lua;
 pub mod rate_limit;
+#[cfg(feature = "waf")]
+pub mod waf;
 
 pub use api::{
     BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginInstance,
@@ -29,5 +33,9 @@ pub fn builtins() -> Registry {
         .register::<headers::Headers>()
         .register::<jwt::Jwt>()
         .register::<rate_limit::RateLimit>();
+    #[cfg(feature = "waf")]
+    r.register::<waf::Waf>();
+    #[cfg(feature = "lua")]
+    r.register::<lua::Lua>();
     r
 }

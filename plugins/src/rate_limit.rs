@@ -10,7 +10,23 @@
 //!     status: 429
 //!     name: per-ip            # policy name in the RateLimit headers (default: the key)
 //!     active_keys: 10000      # sizing of the estimator (memory), see below
+//!     scope: local            # local (this instance counts alone) | global (shared on Redis)
+//!     sync: exact             # with scope: global: exact (one atomic Redis call per request)
+//!                             #   or an interval, e.g. 100ms: local decisions, batched pushes
 //! ```
+//!
+//! ## `scope: global`
+//!
+//! Every gatehouse instance sharing the top-level `redis` section counts against one limit:
+//! each limited request runs one atomic script on Redis (a sliding-window counter on Redis's
+//! own clock, the same estimate as below), so N instances admit `requests` per window
+//! together, not N times that, and the `RateLimit` headers stay exact. A key found over its
+//! limit is refused locally until its window ends, without asking Redis again (at most
+//! `active_keys` such keys are remembered). When Redis gives no answer within `redis.timeout`
+//! (or its breaker is open) `redis.on_error` decides: `local` enforces
+//! `ceil(requests / live instances)` on this instance's own counters, `allow` admits, `deny`
+//! answers 503 with `Retry-After: 1`. Redis keys: `<key_prefix>rl:<route>:<name>:{<hash of the
+//! counted value>}` (hash-tagged: one slot per key).
 //!
 //! ## How it counts, and its approximation
 //!
@@ -35,9 +51,13 @@
 //! (draft-ietf-httpapi-ratelimit-headers) on allowed responses and on the rejection, which also
 //! carries `Retry-After` (seconds, rounded up) and the gateway's JSON error body.
 
+mod hybrid;
+
+use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::IpAddr;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use http::{HeaderName, HeaderValue};
@@ -46,8 +66,8 @@ use serde::Deserialize;
 
 use crate::api::units::Dur;
 use crate::api::{
-    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
-    ResponseHeader, Result, Session, VerifiedClaims,
+    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, GlobalCounters, GlobalError, OnError,
+    Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader, Result, Session, VerifiedClaims,
 };
 
 /// The plugin's YAML config.
@@ -66,6 +86,19 @@ pub struct RateLimitConfig {
     name: Option<String>,
     #[serde(default = "default_active")]
     active_keys: usize,
+    #[serde(default)]
+    scope: Scope,
+    #[serde(default)]
+    sync: Option<String>,
+}
+
+/// Who counts: this instance alone, or every instance on Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Scope {
+    #[default]
+    Local,
+    Global,
 }
 
 fn default_key() -> String {
@@ -109,6 +142,61 @@ enum CountKey<'a> {
     Value(&'a [u8]),
 }
 
+/// A [`CountKey`] that owns its value.
+enum OwnedKey {
+    V4(u32),
+    V6(u64),
+    Global,
+    Value(Vec<u8>),
+}
+
+impl OwnedKey {
+    fn as_key(&self) -> CountKey<'_> {
+        match self {
+            OwnedKey::V4(v) => CountKey::V4(*v),
+            OwnedKey::V6(v) => CountKey::V6(*v),
+            OwnedKey::Global => CountKey::Global,
+            OwnedKey::Value(v) => CountKey::Value(v),
+        }
+    }
+}
+
+impl CountKey<'_> {
+    fn owned(&self) -> OwnedKey {
+        match self {
+            CountKey::V4(v) => OwnedKey::V4(*v),
+            CountKey::V6(v) => OwnedKey::V6(*v),
+            CountKey::Global => OwnedKey::Global,
+            CountKey::Value(v) => OwnedKey::Value(v.to_vec()),
+        }
+    }
+
+    /// A stable 128-bit name for the counted value (the same in every instance and build).
+    fn stable_hash(&self) -> u128 {
+        use sha2::{Digest, Sha256};
+        let mut h = Sha256::new();
+        match self {
+            CountKey::V4(v) => {
+                h.update([4]);
+                h.update(v.to_be_bytes());
+            }
+            CountKey::V6(v) => {
+                h.update([6]);
+                h.update(v.to_be_bytes());
+            }
+            CountKey::Global => h.update([0]),
+            CountKey::Value(v) => {
+                h.update([1]);
+                h.update(v);
+            }
+        }
+        let d = h.finalize();
+        let mut b = [0u8; 16];
+        b.copy_from_slice(&d[..16]);
+        u128::from_be_bytes(b)
+    }
+}
+
 fn ip_key(ip: IpAddr) -> CountKey<'static> {
     match ip.to_canonical() {
         IpAddr::V4(v4) => CountKey::V4(u32::from(v4)),
@@ -122,8 +210,62 @@ struct Seen {
     reset: u64,
 }
 
+/// Keys known to be over their global limit, until their window ends (bounded).
+struct OverLimit {
+    until: Mutex<HashMap<u128, Instant>>,
+    cap: usize,
+}
+
+impl OverLimit {
+    /// How long `key` stays refused, if it is.
+    fn left(&self, key: u128) -> Option<Duration> {
+        let mut map = self.until.lock().ok()?;
+        let until = *map.get(&key)?;
+        let now = Instant::now();
+        if until > now {
+            return Some(until - now);
+        }
+        map.remove(&key);
+        None
+    }
+
+    fn insert(&self, key: u128, until: Instant) {
+        let Ok(mut map) = self.until.lock() else {
+            return;
+        };
+        if map.len() >= self.cap {
+            let now = Instant::now();
+            map.retain(|_, t| *t > now);
+            if map.len() >= self.cap {
+                return;
+            }
+        }
+        map.insert(key, until);
+    }
+}
+
+/// The shared side of a `scope: global` limit.
+struct Global {
+    counters: Arc<dyn GlobalCounters>,
+    /// `<key_prefix>rl:<route>:<name>:`
+    prefix: String,
+    over: OverLimit,
+    /// `sync: <interval>`: local decisions, batched pushes ([`hybrid`]).
+    hybrid: Option<Arc<hybrid::Hybrid>>,
+    ticking: std::sync::Once,
+}
+
+/// What the limit says about one request.
+enum Verdict {
+    /// (allowed, remaining, seconds to reset)
+    Decided(bool, u64, u64),
+    /// The shared counters gave no answer and `on_error: deny`.
+    Unavailable,
+}
+
 /// The `rate_limit` plugin.
 pub struct RateLimit {
+    global: Option<Global>,
     kind: KeyKind,
     limit: u64,
     per: Duration,
@@ -142,6 +284,87 @@ impl RateLimit {
 
     /// (allowed, remaining, seconds to the window's end)
     fn decide(&self, key: &CountKey<'_>) -> (bool, u64, u64) {
+        self.decide_within(key, self.limit)
+    }
+
+    /// The shared decision for `key` (see the module docs), recording fallbacks.
+    async fn decide_global(
+        &self,
+        g: &Global,
+        key: &CountKey<'_>,
+        cx: &mut PluginCtx<'_>,
+    ) -> Verdict {
+        let h = key.stable_hash();
+        if let Some(left) = g.over.left(h) {
+            return Verdict::Decided(false, 0, left.as_secs_f64().ceil().max(1.0) as u64);
+        }
+        if let Some(hy) = &g.hybrid {
+            if let hybrid::Local::Admit { remaining, reset } = hy.decide(h) {
+                self.rate.observe(key, 1);
+                return Verdict::Decided(true, remaining, reset);
+            }
+        }
+        let redis_key = format!("{}{{{h:032x}}}", g.prefix);
+        // with batched sync: this instance's unpushed counts go along (none left behind)
+        let admitted = g.hybrid.as_ref().map_or(0, |hy| hy.take_pending(h));
+        let asked = Instant::now();
+        match g
+            .counters
+            .hit(&redis_key, self.limit, self.per, 1, admitted)
+            .await
+        {
+            Ok(d) => {
+                if let Some(hy) = &g.hybrid {
+                    hy.learned(h, &redis_key, &d, admitted, asked);
+                }
+                let reset = d.reset.as_secs_f64().ceil().max(1.0) as u64;
+                if d.allowed {
+                    // the local counters follow, for the fallback
+                    self.rate.observe(key, 1);
+                } else {
+                    g.over.insert(h, Instant::now() + d.reset);
+                }
+                Verdict::Decided(d.allowed, d.remaining, reset)
+            }
+            Err(e) => {
+                if let Some(hy) = &g.hybrid {
+                    hy.failed(h, admitted);
+                }
+                self.fallback(g, key, e, cx)
+            }
+        }
+    }
+
+    /// The verdict when the shared counters gave no answer, by `on_error`.
+    fn fallback(
+        &self,
+        g: &Global,
+        key: &CountKey<'_>,
+        e: GlobalError,
+        cx: &mut PluginCtx<'_>,
+    ) -> Verdict {
+        match g.counters.on_error() {
+            OnError::Allow => {
+                cx.info.record(Self::KIND, "fallback_allow");
+                log::debug!("rate_limit: no global answer ({}), admitting", e.as_str());
+                Verdict::Decided(true, self.limit.saturating_sub(1), self.per.as_secs())
+            }
+            OnError::Deny => {
+                cx.info.record(Self::KIND, "fallback_deny");
+                Verdict::Unavailable
+            }
+            OnError::Local => {
+                cx.info.record(Self::KIND, "fallback_local");
+                let n = g.counters.instances().max(1);
+                let (a, r, t) = self.decide_within(key, self.limit.div_ceil(n));
+                Verdict::Decided(a, r, t)
+            }
+        }
+    }
+
+    /// (allowed, remaining, seconds to the window's end) against `limit`, on this instance's
+    /// counters.
+    fn decide_within(&self, key: &CountKey<'_>, limit: u64) -> (bool, u64, u64) {
         let per_ms = self.per.as_millis() as f64;
         let (estimate, left_ms) = self.rate.rate_with(key, |c| {
             let est = c.prev_samples.max(0) as f64 * (1.0 - c.current_interval_fraction)
@@ -149,11 +372,11 @@ impl RateLimit {
             (est, (1.0 - c.current_interval_fraction) * per_ms)
         });
         let reset = ((left_ms / 1000.0).ceil() as u64).max(1);
-        if estimate + 1.0 > self.limit as f64 {
+        if estimate + 1.0 > limit as f64 {
             return (false, 0, reset);
         }
         self.rate.observe(key, 1);
-        let remaining = (self.limit as f64 - estimate - 1.0).max(0.0).floor() as u64;
+        let remaining = (limit as f64 - estimate - 1.0).max(0.0).floor() as u64;
         (true, remaining, reset)
     }
 }
@@ -193,11 +416,30 @@ impl Plugin for RateLimit {
                 (_, Some(v)) if !v.is_empty() => Some(CountKey::Value(v)),
                 (_, _) => (self.missing == Missing::ClientIp).then(|| ip_key(ip)),
             };
-            key.map(|k| self.decide(&k))
+            match (key, &self.global) {
+                (None, _) => None,
+                (Some(k), None) => {
+                    let (a, r, t) = self.decide(&k);
+                    Some(Verdict::Decided(a, r, t))
+                }
+                (Some(k), Some(g)) => {
+                    // owned: the value may borrow the request's claims, and cx goes on
+                    let k = k.owned();
+                    Some(self.decide_global(g, &k.as_key(), cx).await)
+                }
+            }
         };
-        let Some((allowed, remaining, reset)) = decision else {
-            cx.info.record(Self::KIND, "missing_key");
-            return Ok(Flow::Respond(Reply::error(401, "missing rate limit key")));
+        let (allowed, remaining, reset) = match decision {
+            None => {
+                cx.info.record(Self::KIND, "missing_key");
+                return Ok(Flow::Respond(Reply::error(401, "missing rate limit key")));
+            }
+            Some(Verdict::Unavailable) => {
+                let reply = Reply::error(503, "rate limit store unavailable")
+                    .with_header(http::header::RETRY_AFTER, HeaderValue::from_static("1"));
+                return Ok(Flow::Respond(reply));
+            }
+            Some(Verdict::Decided(a, r, t)) => (a, r, t),
         };
         if !allowed {
             cx.info.record(Self::KIND, "limited");
@@ -216,6 +458,15 @@ impl Plugin for RateLimit {
         cx.info.record(Self::KIND, "allowed");
         cx.set_state(Seen { remaining, reset });
         Ok(Flow::Continue)
+    }
+
+    fn published(&self) {
+        if let Some(g) = &self.global {
+            if let Some(hy) = &g.hybrid {
+                g.ticking
+                    .call_once(|| hybrid::spawn_ticker(Arc::downgrade(hy), hy.interval));
+            }
+        }
     }
 
     async fn response_filter(
@@ -242,11 +493,11 @@ impl PluginSpec for RateLimit {
     const KIND: &'static str = "rate_limit";
     const DECISION_METRIC: Option<DecisionMetric> = Some(DecisionMetric {
         name: "gatehouse_ratelimit_decisions_total",
-        help: "Rate limit decisions by route and result (allowed, limited, missing_key).",
+        help: "Rate limit decisions by route and result (allowed, limited, missing_key; for scope: global without a Redis answer also fallback_local, fallback_allow, fallback_deny).",
     });
     type Config = RateLimitConfig;
 
-    fn build(c: RateLimitConfig, _env: &mut BuildEnv) -> BuildResult<Self> {
+    fn build(c: RateLimitConfig, env: &mut BuildEnv) -> BuildResult<Self> {
         let kind = match c.key.split_once(':') {
             None if c.key == "client_ip" => KeyKind::ClientIp,
             None if c.key == "global" => KeyKind::Global,
@@ -294,7 +545,59 @@ impl PluginSpec for RateLimit {
         let policy =
             HeaderValue::from_str(&format!("\"{name}\";q={};w={}", c.requests, per.as_secs()))
                 .map_err(|_| BuildError::at("name", "not a valid header value"))?;
+        let global = match c.scope {
+            Scope::Local => {
+                if c.sync.is_some() {
+                    return Err(BuildError::at("sync", "only with `scope: global`"));
+                }
+                None
+            }
+            Scope::Global => {
+                let interval = match c.sync.as_deref() {
+                    None | Some("exact") => None,
+                    Some(text) => {
+                        let d = crate::api::units::parse_duration(text).map_err(|e| {
+                            BuildError::at("sync", format!("`exact` or an interval: {e}"))
+                        })?;
+                        if d < Duration::from_millis(10) || d > per / 4 {
+                            return Err(BuildError::at(
+                                "sync",
+                                "an interval between 10ms and a quarter of `per`",
+                            ));
+                        }
+                        Some(d)
+                    }
+                };
+                let Some(counters) = env.global.clone() else {
+                    return Err(BuildError::at(
+                        "scope",
+                        "`scope: global` needs the top-level `redis` section",
+                    ));
+                };
+                let route = env.route_id.as_deref().unwrap_or("-");
+                let hybrid = interval.map(|i| {
+                    Arc::new(hybrid::Hybrid::new(
+                        Arc::clone(&counters),
+                        i,
+                        c.requests,
+                        per,
+                        c.active_keys,
+                    ))
+                });
+                Some(Global {
+                    prefix: format!("{}rl:{route}:{name}:", counters.key_prefix()),
+                    counters,
+                    over: OverLimit {
+                        until: Mutex::new(HashMap::new()),
+                        cap: c.active_keys,
+                    },
+                    hybrid,
+                    ticking: std::sync::Once::new(),
+                })
+            }
+        };
         Ok(RateLimit {
+            global,
             kind,
             limit: c.requests,
             per,

@@ -24,6 +24,135 @@ pub struct RawConfig {
     /// The chain that runs for every route, before the route's own plugins.
     #[serde(default)]
     pub plugins: Vec<RawPlugin>,
+    /// The store shared by every instance (`rate_limit` with `scope: global`).
+    #[serde(default)]
+    pub redis: Option<RawRedis>,
+    /// Span export (OTLP).
+    #[serde(default)]
+    pub tracing: Option<RawTracing>,
+}
+
+/// `tracing:` spans exported over OTLP/HTTP.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawTracing {
+    pub otlp: RawOtlp,
+    #[serde(default = "default_service_name")]
+    pub service_name: String,
+    #[serde(default)]
+    pub sampling: RawSampling,
+    /// Resource attributes (e.g. `deployment.environment: prod`).
+    #[serde(default)]
+    pub resource: BTreeMap<String, String>,
+}
+
+fn default_service_name() -> String {
+    "gatehouse".into()
+}
+
+/// `tracing.otlp`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawOtlp {
+    /// `http(s)://host:port` of the collector's OTLP/HTTP receiver.
+    pub endpoint: String,
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_otlp_timeout")]
+    pub timeout: NonZeroDur,
+}
+
+fn default_otlp_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(10))
+}
+
+/// `tracing.sampling`.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawSampling {
+    /// The share of new traces recorded (0 to 1).
+    #[serde(default = "default_sampling_ratio")]
+    pub ratio: f64,
+    /// Follow the client's sampled flag when it sends a trace.
+    #[serde(default = "default_true")]
+    pub parent_based: bool,
+    /// Record every request that ends in a 5xx or a gateway error.
+    #[serde(default = "default_true")]
+    pub always_errors: bool,
+}
+
+impl Default for RawSampling {
+    fn default() -> Self {
+        RawSampling {
+            ratio: default_sampling_ratio(),
+            parent_based: true,
+            always_errors: true,
+        }
+    }
+}
+
+fn default_sampling_ratio() -> f64 {
+    1.0
+}
+
+/// `redis:` one Redis (or Valkey) server shared by every gatehouse instance.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedis {
+    /// `redis://host:port/db`, `rediss://host:port/db` (TLS) or `redis+unix:///path?db=N`.
+    pub url: String,
+    /// With `rediss://`: the CA to trust (default: the system's roots) and a client
+    /// certificate for mutual TLS.
+    #[serde(default)]
+    pub tls: Option<RawRedisTls>,
+    /// Its own field (redacted by `GET /config`); empty = none.
+    #[serde(default)]
+    pub password: Option<String>,
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Per call on the request path.
+    #[serde(default = "default_redis_timeout")]
+    pub timeout: NonZeroDur,
+    /// Connecting, and the background calls (heartbeat, probes).
+    #[serde(default = "default_redis_connect")]
+    pub connect_timeout: NonZeroDur,
+    #[serde(default)]
+    pub on_error: RawOnError,
+}
+
+/// `redis.tls`: PEM files.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawRedisTls {
+    /// The CA certificates that sign the server's certificate.
+    #[serde(default)]
+    pub ca: Option<String>,
+    /// A client certificate chain (with `key`) for servers that ask for one.
+    #[serde(default)]
+    pub cert: Option<String>,
+    #[serde(default)]
+    pub key: Option<String>,
+}
+
+fn default_key_prefix() -> String {
+    "gh:".into()
+}
+fn default_redis_timeout() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_millis(20))
+}
+fn default_redis_connect() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(1))
+}
+
+/// `redis.on_error`: what a global limit does without an answer from Redis.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RawOnError {
+    /// Each instance enforces `ceil(limit / live instances)` alone.
+    #[default]
+    Local,
+    Allow,
+    Deny,
 }
 
 /// `server:`.
@@ -146,6 +275,21 @@ pub struct RawLimits {
     pub body_read_timeout: NonZeroDur,
     #[serde(default = "default_max_conns")]
     pub max_connections: NonZeroUsize,
+    /// HTTP/2 `RST_STREAM`, `PING`, `SETTINGS` and `PRIORITY` frames a client connection may
+    /// send per second (a burst of four seconds' worth); 0 turns the budget off.
+    #[serde(default = "default_h2_control_frames")]
+    pub h2_control_frames_per_second: u32,
+    /// How long a source address that broke the budget is refused new connections; `0s`
+    /// only closes the connection.
+    #[serde(default = "default_abuse_block")]
+    pub abuse_block: Dur,
+}
+
+fn default_h2_control_frames() -> u32 {
+    100
+}
+fn default_abuse_block() -> Dur {
+    Dur(std::time::Duration::from_secs(10))
 }
 
 fn default_max_body() -> NonZeroSize {
@@ -176,6 +320,8 @@ impl Default for RawLimits {
             header_read_timeout: default_header_timeout(),
             body_read_timeout: default_body_timeout(),
             max_connections: default_max_conns(),
+            h2_control_frames_per_second: default_h2_control_frames(),
+            abuse_block: default_abuse_block(),
         }
     }
 }

@@ -107,7 +107,9 @@ pub(super) async fn upstream_peer(
             "no route at upstream_peer",
         ));
     };
-    let group = &route.upstream;
+    // a plugin's choice, or the route's own group (no extra reference count without a choice)
+    let chosen = ctx.chosen.clone();
+    let group = chosen.as_ref().unwrap_or(&route.upstream);
     // the same attempt again on a fresh connection: no budget, no backoff, not a retry
     let fresh = std::mem::take(&mut ctx.attempt.fresh_connection);
     if !fresh {
@@ -162,17 +164,30 @@ pub(super) async fn upstream_peer(
     peer.options.read_timeout = cap(t.read);
     peer.options.write_timeout = cap(t.write);
     peer.options.idle_timeout = Some(t.idle);
+    if let Some(log) = ctx.spans.as_mut() {
+        log.end_attempt(None, Some("abandoned"));
+        log.attempts.push(super::spans::AttemptSpan {
+            id: super::trace::random_u64(),
+            start: std::time::SystemTime::now(),
+            end: None,
+            backend: backend.label.clone(),
+            number: ctx.attempt.attempts,
+            sent: None,
+            status: None,
+            error: None,
+        });
+    }
     ctx.attempt.backend = Some(backend);
     Ok(Box::new(peer))
 }
 
 /// Counts a failed attempt by kind (connect, timeout, reset, 5xx).
 fn upstream_error(metrics: &Metrics, ctx: &Ctx, kind: &str) {
-    if let Some(route) = &ctx.route {
+    if let Some(g) = ctx.group() {
         metrics
             .upstream
             .errors
-            .with_label_values(&[&route.upstream.name, kind])
+            .with_label_values(&[&g.name, kind])
             .inc();
     }
 }
@@ -183,22 +198,21 @@ fn record(metrics: &Metrics, ctx: &mut Ctx, success: bool) {
         return;
     }
     ctx.attempt.recorded = true;
-    let (Some(route), Some(b)) = (&ctx.route, &ctx.attempt.backend) else {
+    let (Some(g), Some(b)) = (ctx.group(), &ctx.attempt.backend) else {
         return;
     };
     if let Some(br) = &b.breaker {
         if let Some(st) = br.record(success, now_ms()) {
-            report(metrics, &route.upstream.name, b, st);
+            report(metrics, &g.name, b, st);
         }
     }
 }
 
 /// Whether this failure may be retried now (and takes the retry from the budget if so).
 fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool {
-    let Some(route) = &ctx.route else {
+    let Some(g) = ctx.group() else {
         return false;
     };
-    let g = &route.upstream;
     let policy = &g.retry;
     if !policy.covers(reason) || ctx.attempt.attempts > policy.attempts {
         return false;
@@ -214,7 +228,10 @@ fn may_retry(metrics: &Metrics, s: &Session, ctx: &Ctx, reason: Reason) -> bool 
     if ctx.attempt.tried.len() >= g.backends.len() {
         return false; // every backend was tried
     }
-    if route.timeout.is_some_and(|t| ctx.start.elapsed() >= t) {
+    if (ctx.route.as_ref())
+        .and_then(|r| r.timeout)
+        .is_some_and(|t| ctx.start.elapsed() >= t)
+    {
         return false;
     }
     if !g.budget.try_retry(policy.budget, now_ms()) {
@@ -238,6 +255,9 @@ pub(super) fn fail_to_connect(
 ) -> Box<Error> {
     upstream_error(metrics, ctx, "connect");
     record(metrics, ctx, false);
+    if let Some(log) = ctx.spans.as_mut() {
+        log.end_attempt(None, Some("connect"));
+    }
     let retry = may_retry(metrics, s, ctx, Reason::ConnectFailure);
     e.set_retry(retry);
     e
@@ -263,6 +283,13 @@ pub(super) fn error_while_proxy(
     if e.esource() == &pingora_error::ErrorSource::Downstream {
         e.set_retry(false);
         return e;
+    }
+    if let Some(log) = ctx.spans.as_mut() {
+        match reason {
+            Reason::Status(code) => log.end_attempt(Some(code), None),
+            Reason::Timeout => log.end_attempt(None, Some("timeout")),
+            _ => log.end_attempt(None, Some("reset")),
+        }
     }
     // A pooled connection the backend had already closed (nothing read back): not the
     // backend's failure. The request goes again on a fresh connection, to the same backends
@@ -306,13 +333,19 @@ pub(super) fn upstream_response(
     ctx: &mut Ctx,
 ) -> Result<()> {
     let status = resp.status.as_u16();
-    if let (Some(start), Some(route)) = (ctx.attempt.started, &ctx.route) {
+    if let Some(start) = ctx.attempt.started {
         let d = start.elapsed();
         ctx.attempt.upstream_time += d;
-        let g = &route.upstream;
-        g.latency
-            .get_or_init(|| metrics.upstream.duration.with_label_values(&[&g.name]))
-            .observe(d.as_secs_f64());
+        if let Some(g) = ctx.group() {
+            g.latency
+                .get_or_init(|| metrics.upstream.duration.with_label_values(&[&g.name]))
+                .observe(d.as_secs_f64());
+        }
+    }
+    if let Some(log) = ctx.spans.as_mut() {
+        if !resp.status.is_informational() {
+            log.end_attempt(Some(status), None);
+        }
     }
     if status < 500 || resp.status.is_informational() {
         record(metrics, ctx, true);
@@ -320,16 +353,14 @@ pub(super) fn upstream_response(
     }
     upstream_error(metrics, ctx, "5xx");
     record(metrics, ctx, false);
-    let Some(route) = &ctx.route else {
+    let Some(g) = ctx.group() else {
         return Ok(());
     };
-    if route.upstream.retry.covers(Reason::Status(status))
-        && ctx.attempt.attempts <= route.upstream.retry.attempts
-    {
+    if g.retry.covers(Reason::Status(status)) && ctx.attempt.attempts <= g.retry.attempts {
         // decided in error_while_proxy, which also checks method, budget and backends left
         let would = idempotent(&s.req_header().method)
             && !s.as_ref().retry_buffer_truncated()
-            && ctx.attempt.tried.len() < route.upstream.backends.len();
+            && ctx.attempt.tried.len() < g.backends.len();
         if would {
             ctx.attempt.retry_status = Some(status);
             ctx.attempt.recorded = true;

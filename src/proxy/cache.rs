@@ -24,6 +24,7 @@ use http::header::{AUTHORIZATION, HOST, SET_COOKIE, VARY};
 use http::HeaderValue;
 use pingora_cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
 use pingora_cache::eviction::lru::Manager;
+use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
 use pingora_cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -65,6 +66,30 @@ impl CacheRuntime {
     pub fn set_max_size(&self, max_size: usize) {
         self.eviction.set_weight_limit(max_size);
     }
+
+    /// Purges every variant of `GET http://host:port/path?query` for each of `ports` (a URL
+    /// without a port may have been cached under any listener's); returns how many objects
+    /// went.
+    pub fn purge(&self, host: &str, ports: &[u16], path_and_query: &str) -> usize {
+        let mut purged = 0;
+        for port in ports {
+            let key = CacheKey::new(format!("GET http://{host}:{port}{path_and_query}"), "");
+            for compact in self.store.purge_all_variants(&key) {
+                self.eviction.remove(CacheEntryKeyRef::KeyOnly(&compact));
+                purged += 1;
+            }
+        }
+        purged
+    }
+
+    /// Empties the whole cache; returns how many objects went.
+    pub fn clear(&self) -> usize {
+        let all = self.store.clear();
+        for compact in &all {
+            self.eviction.remove(CacheEntryKeyRef::KeyOnly(compact));
+        }
+        all.len()
+    }
 }
 
 /// A request's cache state.
@@ -90,6 +115,11 @@ pub(super) fn request_cache_filter(rt: &CacheRuntime, s: &mut Session, ctx: &mut
     let Some(intent) = ctx.info.ext.get::<CacheIntent>() else {
         return;
     };
+    if ctx.chosen.is_some() {
+        // the cache is keyed by URL: a response from an upstream a plugin chose (a canary)
+        // is neither served from it nor stored in it
+        return;
+    }
     s.cache
         .enable(rt.store, Some(rt.eviction), None, Some(rt.lock), None);
     s.cache.set_max_file_size_bytes(intent.max_object_size);
@@ -175,54 +205,13 @@ pub(super) fn response_cache_filter(
     let Some(intent) = &ctx.cache.intent else {
         return RespCacheable::Uncacheable(NoCacheReason::NeverEnabled);
     };
-    if resp.headers.contains_key(SET_COOKIE) {
-        return RespCacheable::Uncacheable(NoCacheReason::Custom("set-cookie"));
-    }
-    let vary_star = resp.headers.get_all(VARY).iter().any(|v| {
-        v.to_str()
-            .map(|s| s.split(',').any(|t| t.trim() == "*"))
-            .unwrap_or(true)
-    });
-    if vary_star {
-        return RespCacheable::Uncacheable(NoCacheReason::Custom("vary-star"));
-    }
     let cc = CacheControl::from_resp_headers(resp);
     let authorized = s.req_header().headers.contains_key(AUTHORIZATION);
-    if authorized
-        && !cc
-            .as_ref()
-            .is_some_and(|c| c.allow_caching_authorized_req())
-    {
-        return RespCacheable::Uncacheable(NoCacheReason::Custom("authorization"));
-    }
-    if cc
-        .as_ref()
-        .is_some_and(|c| c.is_cacheable() == Cacheable::No)
-    {
-        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-    }
     let now = SystemTime::now();
-    let age = resp
-        .headers
-        .get(http::header::AGE)
-        .and_then(|a| a.to_str().ok())
-        .and_then(|a| a.trim().parse::<u64>().ok())
-        .map_or(Duration::ZERO, Duration::from_secs);
-    let lifetime = cc.as_ref().and_then(|c| c.fresh_duration());
-    let fresh_until = match lifetime {
-        Some(l) => Some(now + l.saturating_sub(age)),
-        None => calculate_expires_header_time(resp).or_else(|| {
-            heuristically_cacheable(resp.status.as_u16())
-                .then(|| now + intent.default_ttl.saturating_sub(age))
-        }),
+    let fresh_until = match decide(resp, cc.as_ref(), authorized, intent.default_ttl, now) {
+        Ok(t) => t,
+        Err(reason) => return RespCacheable::Uncacheable(reason),
     };
-    let Some(mut fresh_until) = fresh_until else {
-        return RespCacheable::Uncacheable(NoCacheReason::OriginNotCache);
-    };
-    if fresh_until <= now {
-        // stale from the start (no-cache, max-age=0, old Expires): store, but revalidate
-        fresh_until = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
-    }
     let defaults = CacheMetaDefaults::new(
         no_fresh,
         intent
@@ -240,15 +229,77 @@ pub(super) fn response_cache_filter(
     RespCacheable::Cacheable(CacheMeta::new(fresh_until, now, swr, sie, header))
 }
 
-/// The variance key: the configured headers plus the upstream's `Vary`.
-pub(super) fn cache_vary_filter(
-    meta: &CacheMeta,
-    ctx: &Ctx,
-    req: &RequestHeader,
-) -> Option<HashBinary> {
-    let intent = ctx.cache.intent.as_ref()?;
-    let mut names: Vec<String> = intent.vary.iter().map(|h| h.as_str().to_string()).collect();
-    for v in meta.headers().get_all(VARY) {
+/// Whether `resp` may be stored (RFC 9111) and until when it is fresh: `Set-Cookie`,
+/// `Vary: *`, `no-store`/`private`, and an `Authorization` request without `public` or
+/// `s-maxage` are never stored; the lifetime is `s-maxage`/`max-age`, else `Expires`, else
+/// `default_ttl` for heuristically cacheable statuses, minus `Age`. A response stale from
+/// the start is stored already expired (to be revalidated).
+fn decide(
+    resp: &ResponseHeader,
+    cc: Option<&CacheControl>,
+    authorized: bool,
+    default_ttl: Duration,
+    now: SystemTime,
+) -> Result<SystemTime, NoCacheReason> {
+    if resp.headers.contains_key(SET_COOKIE) {
+        return Err(NoCacheReason::Custom("set-cookie"));
+    }
+    let vary_star = resp.headers.get_all(VARY).iter().any(|v| {
+        v.to_str()
+            .map(|s| s.split(',').any(|t| t.trim() == "*"))
+            .unwrap_or(true)
+    });
+    if vary_star {
+        return Err(NoCacheReason::Custom("vary-star"));
+    }
+    if authorized && !cc.is_some_and(|c| c.allow_caching_authorized_req()) {
+        return Err(NoCacheReason::Custom("authorization"));
+    }
+    if cc.is_some_and(|c| c.is_cacheable() == Cacheable::No) {
+        return Err(NoCacheReason::OriginNotCache);
+    }
+    let age = resp
+        .headers
+        .get(http::header::AGE)
+        .and_then(|a| a.to_str().ok())
+        .and_then(|a| a.trim().parse::<u64>().ok())
+        .map_or(Duration::ZERO, Duration::from_secs);
+    let lifetime = cc.and_then(|c| c.fresh_duration());
+    let fresh_until = match lifetime {
+        Some(l) => now.checked_add(l.saturating_sub(age)),
+        None => calculate_expires_header_time(resp).or_else(|| {
+            heuristically_cacheable(resp.status.as_u16())
+                .then(|| now.checked_add(default_ttl.saturating_sub(age)))
+                .flatten()
+        }),
+    };
+    let Some(mut fresh_until) = fresh_until else {
+        return Err(NoCacheReason::OriginNotCache);
+    };
+    if fresh_until <= now {
+        // stale from the start (no-cache, max-age=0, old Expires): store, but revalidate
+        fresh_until = now.checked_sub(Duration::from_secs(1)).unwrap_or(now);
+    }
+    Ok(fresh_until)
+}
+
+/// The caching decision on a response's headers alone, for the fuzz target.
+pub fn cache_decision(
+    resp: &ResponseHeader,
+    authorized: bool,
+    default_ttl: Duration,
+    now: SystemTime,
+) -> Result<SystemTime, NoCacheReason> {
+    let cc = CacheControl::from_resp_headers(resp);
+    decide(resp, cc.as_ref(), authorized, default_ttl, now)
+}
+
+/// The request headers an entry varies on: `configured` plus the response's `Vary`
+/// (`headers`),
+/// lowercase, sorted, each once.
+pub fn vary_names(configured: &[http::HeaderName], headers: &http::HeaderMap) -> Vec<String> {
+    let mut names: Vec<String> = configured.iter().map(|h| h.as_str().to_string()).collect();
+    for v in headers.get_all(VARY) {
         if let Ok(v) = v.to_str() {
             names.extend(
                 v.split(',')
@@ -257,11 +308,22 @@ pub(super) fn cache_vary_filter(
             );
         }
     }
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// The variance key: the configured headers plus the upstream's `Vary`.
+pub(super) fn cache_vary_filter(
+    meta: &CacheMeta,
+    ctx: &Ctx,
+    req: &RequestHeader,
+) -> Option<HashBinary> {
+    let intent = ctx.cache.intent.as_ref()?;
+    let names = vary_names(&intent.vary, meta.headers());
     if names.is_empty() {
         return None;
     }
-    names.sort();
-    names.dedup();
     let values: Vec<(String, Vec<u8>)> = names
         .into_iter()
         .map(|n| {

@@ -210,6 +210,33 @@ impl MemStore {
     }
 }
 
+impl MemStore {
+    /// Removes every stored object; returns their compact keys (for the eviction manager).
+    /// Cache keys carry no user tag in gatehouse.
+    pub fn clear(&self) -> Vec<CompactCacheKey> {
+        let all: Vec<(HashBinary, HashBinary)> = self
+            .variants
+            .read()
+            .map(|v| {
+                v.iter()
+                    .flat_map(|(p, set)| set.iter().map(move |c| (*p, *c)))
+                    .collect()
+            })
+            .unwrap_or_default();
+        let mut out = Vec::with_capacity(all.len());
+        for (primary, c) in all {
+            if self.remove(&primary, &c) {
+                out.push(CompactCacheKey {
+                    primary,
+                    variance: (c != primary).then(|| Box::new(c)),
+                    user_tag: "".into(),
+                });
+            }
+        }
+        out
+    }
+}
+
 struct Hit {
     body: Bytes,
     done: bool,

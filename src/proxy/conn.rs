@@ -19,7 +19,7 @@
 
 use std::fmt;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,6 +38,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::sync::Notify;
 use tokio::time::{Instant, Sleep};
 
+use super::abuse::{Blocklist, GoawayWatch, H2Budget};
+use super::strict::{BadBody, ChunkCheck, ChunkStep, FieldSeen};
 use crate::state::SharedState;
 use crate::tls::TlsListener;
 
@@ -57,6 +59,11 @@ pub struct Guarded<A> {
     /// Set (and `idle_close` notified) when idle connections are to be closed (cleanup).
     pub closed: std::sync::atomic::AtomicBool,
     pub idle_close: Notify,
+    /// Sources refused for a while (`proxy::abuse`; also the listeners' connection filter,
+    /// which does the refusing); kept across reloads.
+    pub(crate) blocklist: Arc<Blocklist>,
+    /// `gatehouse_connections_refused_total{reason}`
+    pub(crate) refused: prometheus::IntCounterVec,
 }
 
 /// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
@@ -73,9 +80,13 @@ impl<A> Guarded<A> {
         state: Arc<SharedState>,
         active_gauge: prometheus::IntGauge,
         accepted: prometheus::IntCounter,
+        refused: prometheus::IntCounterVec,
         tls_metrics: crate::metrics::TlsMetrics,
+        blocklist: Arc<Blocklist>,
     ) -> Self {
         Guarded {
+            blocklist,
+            refused,
             tls_metrics,
             inner: Arc::new(inner),
             state,
@@ -154,13 +165,24 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         session: Stream,
         shutdown: &ShutdownWatch,
     ) -> Option<Stream> {
+        let digest = session.get_socket_digest();
+        let peer = || {
+            (digest.as_ref()).and_then(|d| d.peer_addr().and_then(|a| a.as_inet()).map(|a| a.ip()))
+        };
         let snap = self.state.snapshot();
         let (max, head_timeout) = (snap.server.max_connections, snap.server.header_read_timeout);
-        let listener = (session.get_socket_digest())
+        let listener = (digest.as_ref())
             .and_then(|d| d.local_addr().and_then(|a| a.as_inet()).copied())
             .and_then(|local| snap.server.listener_for(local));
         let h2c = listener.is_some_and(|l| l.h2c);
         let tls = listener.and_then(|l| Some((Arc::clone(&l.label), l.tls.clone()?)));
+        let budget = snap.server.h2_control_frames_per_second;
+        // the source to refuse when it breaks the h2 budget (never a trusted proxy)
+        let block = (budget > 0 && !snap.server.abuse_block.is_zero())
+            .then(peer)
+            .flatten()
+            .filter(|ip| !snap.server.is_trusted(*ip))
+            .map(|ip| (ip, snap.server.abuse_block));
         drop(snap);
         self.accepted.inc();
         self.active_gauge.inc();
@@ -168,8 +190,16 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         let _guard = ActiveGuard(Arc::clone(&self.active), self.active_gauge.clone());
         if before >= max {
             log::debug!("max_connections ({max}) reached, closing a new connection");
+            self.refused.with_label_values(&["max_connections"]).inc();
             return None;
         }
+        let watch = (budget > 0).then(|| H2Watch {
+            budget: H2Budget::new(budget),
+            out: GoawayWatch::default(),
+            block: block.map(|(ip, d)| (Arc::clone(&self.blocklist), ip, d)),
+            refused: self.refused.with_label_values(&["h2_control_frames"]),
+            calm: self.refused.with_label_values(&["h2_enhance_your_calm"]),
+        });
         // the handshake counts against the cap and has its own deadline
         let session = match tls {
             Some((listener, tls)) => {
@@ -204,7 +234,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
             {
                 return None;
             }
-            hd.pass_through();
+            hd.pass_through(watch);
             return ServerApp::process_new(&self.inner, hd, shutdown).await;
         }
         if h2c {
@@ -216,7 +246,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 if !hd.fill_pending(H2_PREFACE.len()).await {
                     return None;
                 }
-                hd.pass_through();
+                hd.pass_through(watch);
                 return ServerApp::process_new(&self.inner, hd, shutdown).await;
             }
         }
@@ -239,7 +269,7 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
 /// Whether the client sent more than its HTTP/1 request (a pipelined next request) in the
 /// bytes read so far: the response then says `Connection: close` (RFC 9112 §9.3.2 lets the
 /// client retry the rest on a new connection) rather than a keep-alive followed by a close.
-/// A chunked body's wire size is not known here; such requests are not checked.
+/// A chunked body counts once its last chunk has been read.
 pub(crate) fn pipelined(s: &pingora_proxy::Session) -> bool {
     let ds = s.as_downstream();
     if ds.is_http2() {
@@ -251,7 +281,7 @@ pub(crate) fn pipelined(s: &pingora_proxy::Session) -> bool {
     };
     let req = ds.req_header();
     if req.headers.contains_key(http::header::TRANSFER_ENCODING) {
-        return false;
+        return hd.chunked_overread();
     }
     let declared = (req.headers.get(http::header::CONTENT_LENGTH))
         .and_then(|v| std::str::from_utf8(v.as_bytes()).ok()?.parse::<u64>().ok())
@@ -392,10 +422,76 @@ pub struct HeadDeadline {
     /// The raw request line of the current head, and whether it has a `Content-Length`
     /// field (`proxy::strict`).
     line: super::strict::LineCheck,
-    length_field: super::strict::LengthField,
+    length_field: FieldSeen,
     /// Bytes read after the end of the current head: its body, and anything beyond it, which
     /// can only be a pipelined next request.
     after_head: u64,
+    /// Whether the current head has a `Transfer-Encoding` field (the strict checks refuse
+    /// any but `chunked`), and then its body's framing check.
+    te_field: FieldSeen,
+    chunks: Option<ChunkCheck>,
+    /// Bytes read after the end of the current chunked body (a pipelined next request).
+    chunk_extra: u64,
+    /// The route's `max_body_size`, once the request is routed (`u64::MAX` before).
+    body_limit: AtomicU64,
+    /// Set when the body broke its framing: the bytes before the offending one were handed
+    /// on, every later read fails with this (the request gets a 400 or 413,
+    /// `error_page`), and the connection is not read again.
+    refused: Option<BadBody>,
+    /// Set when the current request reached the gateway's hooks (`early_request_filter`).
+    /// What is written before that is Pingora's own refusal of a head it could not parse:
+    /// replaced by the gateway's JSON error ([`own_reply`]).
+    admitted: AtomicBool,
+    /// That replacement, and how much of it is written.
+    own_reply: Option<(Vec<u8>, usize)>,
+    /// An HTTP/2 connection's control-frame budget.
+    h2: Option<Box<H2Watch>>,
+}
+
+/// The h2 control-frame budget of one connection, and whom to block when it is spent.
+pub struct H2Watch {
+    budget: H2Budget,
+    /// What the gateway's HTTP/2 layer writes: its own abuse verdicts.
+    out: GoawayWatch,
+    block: Option<(Arc<Blocklist>, std::net::IpAddr, Duration)>,
+    refused: prometheus::IntCounter,
+    calm: prometheus::IntCounter,
+}
+
+impl H2Watch {
+    /// The client spent its control-frame budget.
+    fn tripped(&mut self) {
+        self.refused.inc();
+        self.block_source("too many control frames (RST_STREAM/PING/SETTINGS/PRIORITY)");
+    }
+
+    /// Looks at `written` (bytes the gateway sent): when the HTTP/2 layer closed the
+    /// connection with `ENHANCE_YOUR_CALM`, the source is blocked too.
+    fn wrote(&mut self, written: &[u8]) {
+        if self.out.feed(written) {
+            self.calm.inc();
+            self.block_source("the HTTP/2 layer sent GOAWAY ENHANCE_YOUR_CALM (e.g. rapid reset)");
+        }
+    }
+
+    fn block_source(&mut self, why: &str) {
+        match self.block.take() {
+            Some((list, ip, d)) => {
+                log::info!(
+                    "closing an HTTP/2 connection from {ip}: {why}; refusing {ip} for {d:?}"
+                );
+                list.block(ip, d);
+            }
+            None => log::info!("closing an HTTP/2 connection: {why}"),
+        }
+    }
+}
+
+fn h2_abuse() -> std::io::Error {
+    std::io::Error::new(
+        std::io::ErrorKind::ConnectionAborted,
+        "HTTP/2 control frame budget spent",
+    )
 }
 
 impl fmt::Debug for HeadDeadline {
@@ -427,9 +523,38 @@ impl HeadDeadline {
             pending_pos: 0,
             passthrough: false,
             line: super::strict::LineCheck::default(),
-            length_field: super::strict::LengthField::default(),
+            length_field: FieldSeen::content_length(),
             after_head: 0,
+            te_field: FieldSeen::transfer_encoding(),
+            chunks: None,
+            chunk_extra: 0,
+            body_limit: AtomicU64::new(u64::MAX),
+            refused: None,
+            admitted: AtomicBool::new(false),
+            own_reply: None,
+            h2: None,
         }
+    }
+
+    /// The current request reached the gateway's hooks.
+    pub fn admit(&self) {
+        self.admitted.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether the current request's chunked body broke its framing in the bytes read so
+    /// far; `limit` (the route's `max_body_size`) bounds the chunk sizes read from now on,
+    /// and is checked against those already read.
+    pub fn body_refusal(&self, limit: u64) -> Option<BadBody> {
+        self.body_limit.store(limit, Ordering::Relaxed);
+        if let Some(r) = self.refused {
+            return Some(r);
+        }
+        (self.chunks.is_some_and(|c| c.declared > limit)).then_some(BadBody::TooLarge)
+    }
+
+    /// Whether a chunked body has ended and more bytes followed it (a pipelined request).
+    pub fn chunked_overread(&self) -> bool {
+        self.chunks.is_some_and(|c| c.done()) && self.chunk_extra > 0
     }
 
     /// Whether more bytes arrived after the current request's head than its body declared
@@ -481,10 +606,18 @@ impl HeadDeadline {
     /// From now on only replays the bytes read while waiting, then passes everything through:
     /// for HTTP/2, whose frames have no head to find (its streams are bounded by Pingora's
     /// h2 settings and idle timeout instead).
-    pub fn pass_through(&mut self) {
+    /// With `watch`, the client's h2 control frames draw on its budget from the first byte.
+    pub fn pass_through(&mut self, watch: Option<H2Watch>) {
         self.passthrough = true;
         self.deadline = None;
         self.sleep = None;
+        if let Some(mut w) = watch {
+            if !w.budget.feed(&self.pending[self.pending_pos..]) {
+                w.tripped();
+                self.refused = Some(BadBody::Framing);
+            }
+            self.h2 = Some(Box::new(w));
+        }
     }
 
     /// Waits for the next bytes from the client and keeps them for the next read:
@@ -511,18 +644,46 @@ impl HeadDeadline {
 
     /// Scans newly read bytes for the end of the head (`\r\n\r\n`, which may be split
     /// across reads).
-    fn scan(&mut self, data: &[u8]) {
+    /// Returns where the head ended in `data`, when it did.
+    fn scan(&mut self, data: &[u8]) -> Option<usize> {
         self.line.feed(data);
         self.find_end(data);
         // the head's own bytes: all of `data`, or, when the head ended here, what came before
         // the bytes that followed its end
-        let head = if self.deadline.is_none() {
+        let (head, end) = if self.deadline.is_none() {
             let after = usize::try_from(self.after_head).unwrap_or(usize::MAX);
-            &data[..data.len().saturating_sub(after)]
+            let end = data.len().saturating_sub(after);
+            (&data[..end], Some(end))
         } else {
-            data
+            (data, None)
         };
         self.length_field.feed(head);
+        self.te_field.feed(head);
+        end
+    }
+
+    /// Checks bytes of a chunked body (`data`, from a read that already has `before` bytes
+    /// of the same read in front of it): how many of them may be handed on.
+    fn check_chunks(&mut self, data: &[u8], before: usize) -> usize {
+        let Some(c) = &mut self.chunks else {
+            return data.len();
+        };
+        if c.done() {
+            self.chunk_extra += data.len() as u64;
+            return data.len();
+        }
+        match c.feed(data, self.body_limit.load(Ordering::Relaxed)) {
+            ChunkStep::More => data.len(),
+            ChunkStep::End(n) => {
+                self.chunk_extra += (data.len() - n) as u64;
+                data.len()
+            }
+            ChunkStep::Bad(at, why) => {
+                log::debug!("{why} (offset {} of a read)", before + at);
+                self.refused = Some(why);
+                at
+            }
+        }
     }
 
     fn find_end(&mut self, data: &[u8]) {
@@ -599,13 +760,37 @@ impl HeadDeadline {
         // the deadline is enforced by the timer below, polled whenever a read of an
         // incomplete head has to wait (a head cannot grow past Pingora's size limit without
         // waiting, so no clock read is needed on reads that find data)
+        if let Some(why) = this.refused {
+            if this.passthrough {
+                return Poll::Ready(Err(h2_abuse()));
+            }
+            return Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                why,
+            )));
+        }
         let before = buf.filled().len();
         let r = Pin::new(&mut this.inner).poll_read(cx, buf);
         match &r {
+            Poll::Ready(Ok(())) if this.passthrough => {
+                if let Some(w) = &mut this.h2 {
+                    if !w.budget.feed(&buf.filled()[before..]) {
+                        w.tripped();
+                        this.refused = Some(BadBody::Framing);
+                        buf.set_filled(before);
+                        return Poll::Ready(Err(h2_abuse()));
+                    }
+                }
+            }
             Poll::Ready(Ok(())) if buf.filled().len() > before && !this.passthrough => {
-                if this.deadline.is_none() && !this.wrote_since_head {
+                let n = buf.filled().len() - before;
+                // a chunked body goes on across a `100 Continue` the gateway wrote
+                let in_body = this.chunks.is_some_and(|c| !c.done());
+                if this.deadline.is_none() && (!this.wrote_since_head || in_body) {
                     // the current request's body (or what follows it)
-                    this.after_head += (buf.filled().len() - before) as u64;
+                    this.after_head += n as u64;
+                    let keep = this.check_chunks(&buf.filled()[before..], 0);
+                    return this.hand_on(buf, before, keep);
                 }
                 if this.deadline.is_none() && this.wrote_since_head {
                     // first bytes of the next request on this connection
@@ -613,10 +798,22 @@ impl HeadDeadline {
                     this.sleep = None;
                     this.matched = 0;
                     this.line = super::strict::LineCheck::default();
-                    this.length_field = super::strict::LengthField::default();
+                    this.length_field = FieldSeen::content_length();
+                    this.te_field = FieldSeen::transfer_encoding();
+                    this.chunks = None;
+                    this.chunk_extra = 0;
+                    this.body_limit.store(u64::MAX, Ordering::Relaxed);
+                    this.admitted.store(false, Ordering::Relaxed);
                 }
                 if this.deadline.is_some() {
-                    this.scan(&buf.filled()[before..]);
+                    if let Some(end) = this.scan(&buf.filled()[before..]) {
+                        if this.te_field.seen {
+                            this.chunks = Some(ChunkCheck::default());
+                            let body = &buf.filled()[before + end..];
+                            let keep = this.check_chunks(body, end);
+                            return this.hand_on(buf, before, end + keep);
+                        }
+                    }
                 }
             }
             Poll::Pending => {
@@ -635,6 +832,91 @@ impl HeadDeadline {
     }
 }
 
+impl HeadDeadline {
+    /// Hands on the first `keep` of the `n` bytes just read (past `before` in `buf`): all of
+    /// them, unless the body broke its framing; then the read fails when nothing is left.
+    fn hand_on(
+        &mut self,
+        buf: &mut ReadBuf<'_>,
+        before: usize,
+        keep: usize,
+    ) -> Poll<std::io::Result<()>> {
+        if before + keep < buf.filled().len() {
+            buf.set_filled(before + keep);
+            if keep == 0 {
+                if let Some(why) = self.refused {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        why,
+                    )));
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl HeadDeadline {
+    /// Writes the gateway's reply in place of Pingora's own error response (`data` starts
+    /// the write of `len` bytes): `None` when the write is the gateway's and passes as it is.
+    fn poll_own_reply(
+        &mut self,
+        cx: &mut Context<'_>,
+        data: &[u8],
+        len: usize,
+    ) -> Option<Poll<std::io::Result<usize>>> {
+        if self.own_reply.is_none() {
+            if self.passthrough || self.admitted.load(Ordering::Relaxed) {
+                return None;
+            }
+            self.own_reply = Some((own_reply(data)?, 0));
+        }
+        let (bytes, pos) = self.own_reply.as_mut()?;
+        while *pos < bytes.len() {
+            match Pin::new(&mut self.inner).poll_write(cx, &bytes[*pos..]) {
+                Poll::Ready(Ok(0)) => {
+                    return Some(Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())))
+                }
+                Poll::Ready(Ok(n)) => *pos += n,
+                Poll::Ready(Err(e)) => return Some(Poll::Ready(Err(e))),
+                Poll::Pending => return Some(Poll::Pending),
+            }
+        }
+        // the rest of Pingora's response (an empty body) is dropped
+        Some(Poll::Ready(Ok(len)))
+    }
+}
+
+/// The gateway's JSON error for the status of an error response Pingora wrote on its own
+/// (`HTTP/1.1 400 ...` for a head it could not parse): the same body, `X-Request-Id` and
+/// `Connection: close` as every gateway error. `None` for anything else.
+fn own_reply(data: &[u8]) -> Option<Vec<u8>> {
+    let status = data.strip_prefix(b"HTTP/1.")?.get(2..5)?;
+    let status = http::StatusCode::from_bytes(status).ok()?;
+    if !status.is_client_error() && !status.is_server_error() {
+        return None;
+    }
+    let message = match status.as_u16() {
+        400 => "bad request".to_string(),
+        _ => status
+            .canonical_reason()
+            .unwrap_or("error")
+            .to_ascii_lowercase(),
+    };
+    let id = super::ctx::new_request_id();
+    log::debug!("refused a request head Pingora could not read: {status} (request id {id})");
+    let body = serde_json::json!({ "error": message, "request_id": id }).to_string();
+    Some(
+        format!(
+            "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nx-request-id: {id}\r\nconnection: close\r\n\r\n{body}",
+            status.as_u16(),
+            status.canonical_reason().unwrap_or(""),
+            body.len(),
+        )
+        .into_bytes(),
+    )
+}
+
 use std::future::Future;
 
 impl AsyncWrite for HeadDeadline {
@@ -644,10 +926,17 @@ impl AsyncWrite for HeadDeadline {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        if let Some(r) = this.poll_own_reply(cx, data, data.len()) {
+            return r;
+        }
         if this.deadline.is_none() {
             this.wrote_since_head = true;
         }
-        Pin::new(&mut this.inner).poll_write(cx, data)
+        let r = Pin::new(&mut this.inner).poll_write(cx, data);
+        if let (Some(w), Poll::Ready(Ok(n))) = (&mut this.h2, &r) {
+            w.wrote(&data[..*n]);
+        }
+        r
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         Pin::new(&mut self.get_mut().inner).poll_flush(cx)
@@ -661,10 +950,30 @@ impl AsyncWrite for HeadDeadline {
         bufs: &[std::io::IoSlice<'_>],
     ) -> Poll<std::io::Result<usize>> {
         let this = self.get_mut();
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        let total = bufs.iter().map(|b| b.len()).sum();
+        if let Some(r) = this.poll_own_reply(cx, first, total) {
+            return r;
+        }
         if this.deadline.is_none() {
             this.wrote_since_head = true;
         }
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let r = Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        if let (Some(w), Poll::Ready(Ok(n))) = (&mut this.h2, &r) {
+            let mut left = *n;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let k = left.min(b.len());
+                w.wrote(&b[..k]);
+                left -= k;
+            }
+        }
+        r
     }
     fn is_write_vectored(&self) -> bool {
         self.inner.is_write_vectored()

@@ -21,6 +21,7 @@ use super::pipeline::ChainState;
 use super::trace::{self, Trace};
 use crate::state::{Route, Snapshot};
 use crate::tls::ConnTls;
+use crate::upstream::UpstreamGroup;
 
 /// Counts an HTTP/2 stream as active until dropped (with the request's context).
 pub(crate) struct StreamGuard(prometheus::IntGauge);
@@ -44,6 +45,9 @@ pub struct Ctx {
     pub(crate) snap: Arc<Snapshot>,
     /// The matched route (None before routing or when nothing matched).
     pub(crate) route: Option<Arc<Route>>,
+    /// The upstream group a plugin chose for this request instead of the route's
+    /// (`UpstreamChoice`, see [`Ctx::group`]).
+    pub(crate) chosen: Option<Arc<UpstreamGroup>>,
     /// What plugins see.
     pub(crate) info: RequestInfo,
     pub(crate) start: Instant,
@@ -69,14 +73,26 @@ pub struct Ctx {
     pub(crate) attempt: AttemptState,
     /// The cache phases (`cache`).
     pub(crate) cache: CacheState,
+    /// The request's spans in the making, when tracing is on (`spans`).
+    pub(crate) spans: Option<Box<super::spans::SpanLog>>,
 }
 
 impl Ctx {
+    /// The upstream group the request goes to: the one a plugin chose, or the route's.
+    pub(crate) fn group(&self) -> Option<&Arc<UpstreamGroup>> {
+        self.chosen
+            .as_ref()
+            .or(self.route.as_ref().map(|r| &r.upstream))
+    }
+
     /// A fresh context on `snap`.
     pub fn new(snap: Arc<Snapshot>) -> Self {
+        let spans = snap.tracing.is_some().then(super::spans::SpanLog::new);
         Ctx {
             snap,
+            spans,
             route: None,
+            chosen: None,
             info: RequestInfo::new(String::new(), IpAddr::V4(Ipv4Addr::UNSPECIFIED), empty_id()),
             start: Instant::now(),
             peer_ip: IpAddr::V4(Ipv4Addr::UNSPECIFIED),
@@ -134,6 +150,12 @@ impl Ctx {
     pub(crate) fn trace(&mut self) -> &Trace {
         if !self.trace.is_set() {
             self.trace = trace::fresh();
+            // a new trace is sampled by the ratio (decided from its id, as every instance
+            // would): the flag goes upstream so that backends record it too
+            if let Some(t) = &self.snap.tracing {
+                let roll = super::spans::roll(&self.trace.trace_id_bytes());
+                self.trace.set_sampled(t.sampled(None, false, roll));
+            }
         }
         &self.trace
     }

@@ -8,6 +8,7 @@ use pingora_proxy::{FailToProxy, Session};
 
 use super::ctx::Ctx;
 use super::pipeline;
+use super::strict::BadBody;
 
 /// Why the gateway answered a request itself (or gave up on it): the reply's message and the
 /// access log's `error` field.
@@ -16,6 +17,7 @@ pub(crate) enum Failure {
     HeadTooLarge,
     NoRoute,
     BodyTooLarge,
+    InvalidBody,
     RejectedByPlugin,
     ClientCertRequired,
     ClientCertNotAllowed,
@@ -41,6 +43,7 @@ impl Failure {
             Failure::HeadTooLarge => "request head too large",
             Failure::NoRoute => "no route",
             Failure::BodyTooLarge => "request body too large",
+            Failure::InvalidBody => "invalid chunked body",
             Failure::RejectedByPlugin => "rejected by plugin",
             Failure::ClientCertRequired => "client certificate required",
             Failure::ClientCertNotAllowed => "client certificate not allowed",
@@ -66,9 +69,33 @@ impl Failure {
     }
 }
 
+impl From<BadBody> for Failure {
+    fn from(b: BadBody) -> Self {
+        match b {
+            BadBody::Framing => Failure::InvalidBody,
+            BadBody::TooLarge => Failure::BodyTooLarge,
+        }
+    }
+}
+
+/// The status of a failure found in the request body.
+pub(crate) fn status_of(f: Failure) -> u16 {
+    if f == Failure::BodyTooLarge {
+        413
+    } else {
+        400
+    }
+}
+
 /// The status and failure for `e`; status 0 means the client is gone and nothing is written.
 pub(crate) fn classify(e: &Error) -> (u16, Failure) {
     use ErrorType::*;
+    // the connection guard refused the request body's framing (`conn::HeadDeadline`)
+    let io = e.root_cause().downcast_ref::<std::io::Error>();
+    if let Some(b) = io.and_then(|io| io.get_ref()?.downcast_ref::<BadBody>()) {
+        let f = Failure::from(*b);
+        return (status_of(f), f);
+    }
     match (e.etype(), e.esource()) {
         (HTTPStatus(503), _) => (503, Failure::NoHealthyBackend),
         (HTTPStatus(413), _) => (413, Failure::BodyTooLarge),
@@ -98,7 +125,7 @@ pub(crate) async fn fail_to_proxy(s: &mut Session, e: &Error, ctx: &mut Ctx) -> 
         // the operator's problem (certificate, CA, server name), not the client's
         log::warn!(
             "upstream {} backend {}: {e}",
-            ctx.route.as_ref().map_or("-", |r| &*r.upstream.name),
+            ctx.group().map_or("-", |g| &*g.name),
             ctx.attempt.backend().map_or("-", |b| &*b.label),
         );
     }

@@ -39,7 +39,15 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
     forwarded(s, req, ctx)?;
     client_cert_headers(req, ctx)?;
     req.insert_header("x-request-id", ctx.request_id_value())?;
-    let traceparent = http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace()))
+    // the attempt's own span (when tracing) is the backend's parent
+    let span = match ctx.spans.as_mut().and_then(|l| l.attempts.last_mut()) {
+        Some(a) => {
+            a.sent = Some(std::time::SystemTime::now());
+            a.id
+        }
+        None => trace::random_u64(),
+    };
+    let traceparent = http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
     req.insert_header("traceparent", traceparent)?;
     if !ctx.trace().continued {

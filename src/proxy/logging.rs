@@ -11,7 +11,7 @@ use pingora_proxy::Session;
 
 use super::ctx::Ctx;
 use super::Gateway;
-use crate::access_log::{Entry, Outcomes, Timestamp};
+use crate::access_log::{Entry, Pairs, Timestamp};
 
 /// The request's `Host` (header, or the authority of an absolute-form URI).
 pub(super) fn host_of(s: &Session) -> Option<&str> {
@@ -42,6 +42,7 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
         }
         None => gw.unmatched.observe(method, status, elapsed.as_secs_f64()),
     }
+    super::spans::finish(s, ctx, status);
     if !gw.access_log.enabled() {
         return;
     }
@@ -66,13 +67,14 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
         host: host_of(s).unwrap_or(""),
         path: req.uri.path(),
         route: route.map_or("", |r| &r.id),
-        upstream: route.map_or("", |r| &r.upstream.name),
+        upstream: ctx.group().map_or("", |g| &g.name),
         backend: ctx.attempt.backend().map_or("", |b| &b.label),
         status,
         bytes: s.body_bytes_sent(),
         duration_ms: ms(elapsed),
         error: ctx.failure.map(|f| f.as_str()),
-        plugins: Outcomes(&ctx.info.outcomes),
+        plugins: Pairs(&ctx.info.outcomes),
+        details: Pairs(&ctx.info.details),
         cache: ctx.cache.result(),
         upstream_ms: ctx.attempt.upstream_time().map(ms),
         retries: ctx.attempt.retries(),

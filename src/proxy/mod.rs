@@ -2,6 +2,7 @@
 //! to the router, [`limits`], the plugin [`pipeline`], [`attempts`] (peer choice, breaker,
 //! retries), [`forward`] (what goes upstream), [`cache`], [`error_page`] and [`logging`].
 
+pub mod abuse;
 pub mod attempts;
 pub mod cache;
 pub mod cache_store;
@@ -14,6 +15,7 @@ mod grpc;
 pub mod limits;
 mod logging;
 pub mod pipeline;
+mod spans;
 mod strict;
 pub mod trace;
 
@@ -21,8 +23,11 @@ pub mod trace;
 /// input that live in private modules.
 #[doc(hidden)]
 pub mod fuzzing {
+    pub use super::cache::{cache_decision, vary_names};
     pub use super::client_ip::client_ip;
-    pub use super::strict::{check_h1, check_target, valid_host, LengthField, LineCheck};
+    pub use super::strict::{
+        check_h1, check_target, valid_host, ChunkCheck, ChunkStep, FieldSeen, LineCheck,
+    };
 }
 
 use std::sync::Arc;
@@ -87,15 +92,46 @@ impl Stop {
     }
 }
 
+/// A plugin's [`UpstreamChoice`](gatehouse_plugins::api::UpstreamChoice): the request goes
+/// to that group instead of the route's (500 when no group has the name).
+fn choose_upstream(ctx: &mut Ctx) -> std::result::Result<(), Stop> {
+    use gatehouse_plugins::api::UpstreamChoice;
+    let Some(UpstreamChoice(name)) = ctx.info.ext.get::<UpstreamChoice>() else {
+        return Ok(());
+    };
+    match ctx.snap.upstreams.get(&**name) {
+        Some(g) => {
+            ctx.chosen = Some(g.clone());
+            Ok(())
+        }
+        None => {
+            let shown: String = name.chars().take(64).collect();
+            log::warn!(
+                "route {}: a plugin chose upstream `{shown}`, which is not configured",
+                ctx.info.route_id
+            );
+            Err(Stop::new(
+                Reply::error(500, "the upstream chosen by a plugin is not configured"),
+                Failure::Internal,
+                false,
+            ))
+        }
+    }
+}
+
 /// Admission before any plugin runs: the head's limits, the route (404 without one) and a
 /// declared body size over the route's limit. On success the route is in `ctx`.
 fn admit(s: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
     let req = s.req_header();
-    let refused = if s.as_downstream().is_http2() {
+    // the connection guard's view of the raw HTTP/1 bytes
+    let raw = (s.as_downstream().stream())
+        .and_then(|st| (**st).as_any().downcast_ref::<conn::HeadDeadline>());
+    let refused = if req.method == http::Method::CONNECT {
+        // no tunnels (Pingora lets them through to here, so that the answer is the gateway's)
+        Some((405, "CONNECT is not supported"))
+    } else if s.as_downstream().is_http2() {
         strict::check_target(req)
     } else {
-        let raw = (s.as_downstream().stream())
-            .and_then(|st| (**st).as_any().downcast_ref::<conn::HeadDeadline>());
         strict::check_h1(
             req,
             raw.is_none_or(conn::HeadDeadline::request_line_ok),
@@ -120,6 +156,16 @@ fn admit(s: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
     };
     if let Some(reply) = limits::check_content_length(req, route.max_body_size) {
         return Err(Stop::new(reply, Failure::BodyTooLarge, true));
+    }
+    // a chunked body already read in part (often whole, with its head)
+    if let Some(why) = raw.and_then(|hd| hd.body_refusal(route.max_body_size)) {
+        let failure = Failure::from(why);
+        let status = error_page::status_of(failure);
+        return Err(Stop::new(
+            Reply::error(status, failure.as_str()),
+            failure,
+            true,
+        ));
     }
     let gate = match (route.https_redirect, &route.client_cert) {
         (Some(port), _) if ctx.ssl.is_none() => Err(https_redirect(host, req, port)),
@@ -219,6 +265,12 @@ impl ProxyHttp for Gateway {
     }
 
     async fn early_request_filter(&self, s: &mut Session, ctx: &mut Ctx) -> Result<()> {
+        if let Some(hd) = (s.as_downstream().stream())
+            .and_then(|st| (**st).as_any().downcast_ref::<conn::HeadDeadline>())
+        {
+            // what is written from now on is the gateway's
+            hd.admit();
+        }
         ctx.identify(s);
         if s.as_downstream().is_http2() {
             self.metrics.tls.h2_streams.inc();
@@ -233,8 +285,23 @@ impl ProxyHttp for Gateway {
         if let Err(stop) = admit(s, ctx) {
             return reply_and_stop(s, ctx, stop).await;
         }
-        match pipeline::request_filter(s, ctx).await? {
-            None => Ok(false),
+        let reply = match pipeline::request_filter(s, ctx).await? {
+            None => {
+                let reply = pipeline::request_body(s, ctx).await?;
+                if reply.is_some() && !s.as_downstream_mut().is_body_done() {
+                    // refused at the body step with a body read in part (or not at all: too
+                    // large): the connection ends after the reply instead of draining it
+                    s.set_keepalive(None);
+                }
+                reply
+            }
+            some => some,
+        };
+        match reply {
+            None => match choose_upstream(ctx) {
+                Ok(()) => Ok(false),
+                Err(stop) => reply_and_stop(s, ctx, stop).await,
+            },
             Some(reply) => {
                 let failure = (reply.status >= 400).then_some(Failure::RejectedByPlugin);
                 let stop = Stop {

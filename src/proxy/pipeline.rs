@@ -4,6 +4,7 @@
 //! plugins before it do (a 401 from `jwt` still gets CORS headers from an earlier `cors`).
 
 use bytes::Bytes;
+use gatehouse_plugins::api::{RequestBody, MAX_BUFFERED_BODY};
 use gatehouse_plugins::{Flow, PluginCtx, Reply, ReplyBody};
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
@@ -19,6 +20,9 @@ type Slot = Option<Box<dyn std::any::Any + Send + Sync>>;
 pub(crate) struct ChainState {
     slots: Vec<Slot>,
     ran: usize,
+    /// Plugins whose response hook failed (by chain index; empty until one does): the
+    /// gateway's error reply that follows goes through the others' hooks, not theirs again.
+    response_failed: Vec<usize>,
 }
 
 /// Runs the request hooks; `Some(reply)` when a plugin answered.
@@ -36,6 +40,105 @@ pub(super) async fn request_filter(s: &mut Session, ctx: &mut Ctx) -> Result<Opt
         }
     }
     Ok(None)
+}
+
+/// The body step ([`gatehouse_plugins::Plugin::request_body_limit`]): when a plugin of the
+/// chain asks for the request body, reads it (bounded) and runs those plugins' body hooks in
+/// chain order; `Some(reply)` when one answered. What was read is replayed upstream by
+/// Pingora's retry buffer, then the rest of the body follows.
+pub(super) async fn request_body(s: &mut Session, ctx: &mut Ctx) -> Result<Option<Reply>> {
+    let Ctx {
+        route, info, chain, ..
+    } = ctx;
+    let Some(route) = route else { return Ok(None) };
+    let Some(limit) = (route.chain.iter().take(chain.ran))
+        .filter_map(|p| p.request_body_limit())
+        .max()
+    else {
+        return Ok(None);
+    };
+    let body = match read_body(s, limit.min(MAX_BUFFERED_BODY)).await? {
+        Ok(body) => body,
+        Err(reply) => return Ok(Some(reply)),
+    };
+    for (i, p) in route.chain.iter().enumerate().take(chain.ran) {
+        if p.request_body_limit().is_none() {
+            continue;
+        }
+        let mut cx = PluginCtx::new(info, &mut chain.slots[i]);
+        if let Flow::Respond(reply) = p.request_body(s, &body, &mut cx).await? {
+            return Ok(Some(reply));
+        }
+    }
+    Ok(None)
+}
+
+/// Reads up to `limit` + 1 bytes of the request body into Pingora's retry buffer (so that they
+/// still go upstream). A body declared longer than `limit` is not read. `Err(reply)` (413)
+/// when what was read overflowed the retry buffer: it could no longer be sent on intact.
+async fn read_body(
+    s: &mut Session,
+    limit: usize,
+) -> Result<std::result::Result<RequestBody, Reply>> {
+    let declared = s
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.trim().parse::<u64>().ok());
+    let ds = s.as_downstream_mut();
+    if ds.is_body_empty() {
+        return Ok(Ok(RequestBody {
+            bytes: Bytes::new(),
+            complete: true,
+            declared,
+        }));
+    }
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Ok(Ok(RequestBody {
+            bytes: Bytes::new(),
+            complete: false,
+            declared,
+        }));
+    }
+    ds.enable_retry_buffering();
+    let mut parts: Vec<Bytes> = Vec::new();
+    let mut read = 0;
+    let mut complete = false;
+    while read <= limit {
+        match ds.read_request_body().await? {
+            Some(b) => {
+                read += b.len();
+                parts.push(b);
+                if ds.is_body_done() {
+                    complete = read <= limit;
+                    break;
+                }
+            }
+            None => {
+                complete = true;
+                break;
+            }
+        }
+    }
+    if !complete && ds.retry_buffer_truncated() {
+        return Ok(Err(Reply::error(413, "request body too large to inspect")));
+    }
+    let bytes = match parts.len() {
+        0 => Bytes::new(),
+        1 => parts.swap_remove(0),
+        _ => {
+            let mut all = bytes::BytesMut::with_capacity(read);
+            for p in &parts {
+                all.extend_from_slice(p);
+            }
+            all.freeze()
+        }
+    };
+    Ok(Ok(RequestBody {
+        bytes,
+        complete,
+        declared,
+    }))
 }
 
 /// Runs the upstream-request hooks in chain order.
@@ -66,8 +169,14 @@ pub(super) async fn response_filter(
     } = ctx;
     let Some(route) = route else { return Ok(()) };
     for i in (0..chain.ran).rev() {
+        if chain.response_failed.contains(&i) {
+            continue;
+        }
         let mut cx = PluginCtx::new(info, &mut chain.slots[i]);
-        route.chain[i].response_filter(s, resp, &mut cx).await?;
+        if let Err(e) = route.chain[i].response_filter(s, resp, &mut cx).await {
+            chain.response_failed.push(i);
+            return Err(e);
+        }
     }
     Ok(())
 }
@@ -100,7 +209,7 @@ pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) ->
         ReplyBody::Empty => (Bytes::new(), None),
         ReplyBody::Error(msg) => (
             error_body(&msg, &ctx.info.request_id),
-            Some("application/json"),
+            Some(http::HeaderValue::from_static("application/json")),
         ),
         ReplyBody::Raw {
             content_type,

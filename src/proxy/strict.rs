@@ -14,6 +14,8 @@
 //!   backends read `_` as `-`).
 
 use http::header::{CONTENT_LENGTH, HOST, TRANSFER_ENCODING};
+use std::fmt;
+
 use pingora_http::RequestHeader;
 
 /// Why a request is refused: status and message.
@@ -199,30 +201,45 @@ impl LineCheck {
     }
 }
 
-/// Whether a raw head has a `Content-Length` field: Pingora drops it when `Transfer-Encoding`
-/// is present too (as RFC 9112 §6.3 allows), and gatehouse refuses such requests (as nginx
-/// does), so the raw bytes are looked at. Fed the head's bytes only (never its body), it jumps
-/// from line start to line start.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct LengthField {
-    /// How many bytes of `content-length:` the current line started with (`None`: this line
-    /// does not, or the request line is still going).
+/// Whether a raw head has a field of one name. `Content-Length`: Pingora drops it when
+/// `Transfer-Encoding` is present too (as RFC 9112 §6.3 allows), and gatehouse refuses such
+/// requests (as nginx does), so the raw bytes are looked at. `Transfer-Encoding`: the
+/// connection guard then checks the chunked body's framing ([`ChunkCheck`]). Fed the head's
+/// bytes only (never its body), it jumps from line start to line start.
+#[derive(Debug, Clone, Copy)]
+pub struct FieldSeen {
+    /// the lowercase name with its colon
+    name: &'static [u8],
+    /// How many bytes of the name the current line started with (`None`: this line does
+    /// not, or the request line is still going).
     at: Option<u8>,
-    /// Seen a line break yet (the request line is not a field).
-    past_line: bool,
     pub seen: bool,
 }
 
-impl LengthField {
-    const NAME: &'static [u8] = b"content-length:";
+impl FieldSeen {
+    pub const fn content_length() -> Self {
+        FieldSeen {
+            name: b"content-length:",
+            at: None,
+            seen: false,
+        }
+    }
+
+    pub const fn transfer_encoding() -> Self {
+        FieldSeen {
+            name: b"transfer-encoding:",
+            at: None,
+            seen: false,
+        }
+    }
 
     pub fn feed(&mut self, mut data: &[u8]) {
         loop {
             if let Some(pos) = self.at {
                 let pos = usize::from(pos);
-                let n = (Self::NAME.len() - pos).min(data.len());
-                if data[..n].eq_ignore_ascii_case(&Self::NAME[pos..pos + n]) {
-                    if pos + n == Self::NAME.len() {
+                let n = (self.name.len() - pos).min(data.len());
+                if data[..n].eq_ignore_ascii_case(&self.name[pos..pos + n]) {
+                    if pos + n == self.name.len() {
                         self.seen = true;
                         self.at = None;
                     } else {
@@ -236,12 +253,202 @@ impl LengthField {
             match memchr::memchr(b'\n', data) {
                 Some(i) => {
                     data = &data[i + 1..];
-                    self.past_line = true;
                     self.at = Some(0);
                 }
                 None => return,
             }
         }
+    }
+}
+
+/// Why the connection guard stops reading a chunked request body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BadBody {
+    /// Not chunked framing as RFC 9112 §7.1 writes it (400).
+    Framing,
+    /// A chunk-size line takes the body past the route's `max_body_size` (413).
+    TooLarge,
+}
+
+impl fmt::Display for BadBody {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BadBody::Framing => "invalid chunked body",
+            BadBody::TooLarge => "request body too large",
+        })
+    }
+}
+
+impl std::error::Error for BadBody {}
+
+/// What [`ChunkCheck::feed`] found in the bytes it was given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ChunkStep {
+    /// All of them belong to the body; it goes on.
+    More,
+    /// The body ended after this many of them (the rest is a pipelined next request).
+    End(usize),
+    /// The byte at this offset breaks the framing (or its chunk-size line the size limit).
+    Bad(usize, BadBody),
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum Chunk {
+    /// chunk-size digits
+    #[default]
+    Size,
+    /// after the size: BWS, `;` and extensions up to the CR
+    Ext,
+    /// the LF of a chunk-size line
+    SizeLf,
+    /// chunk data (`left` bytes to go)
+    Data,
+    DataCr,
+    DataLf,
+    /// at the start of a trailer line, or of the final empty line
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    Done,
+}
+
+/// Strict incremental check of a chunked request body (RFC 9112 §7.1), fed its raw bytes as
+/// they arrive, in any split: every line ends with CRLF (a bare LF is refused, where Pingora's
+/// chunk parser would read on to the next CRLF), a chunk-size line has at least one hex digit
+/// (an empty one is not the last chunk), chunk data is followed by CRLF, no control bytes in
+/// extensions or trailers, and lines are bounded. It also adds up the declared chunk sizes, so
+/// a body announced larger than the limit is refused at its chunk-size line.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct ChunkCheck {
+    state: Chunk,
+    /// the chunk's size while reading its size line, then the data bytes left
+    left: u64,
+    digits: u8,
+    /// bytes of the current chunk-size or trailer line, or of the whole trailer section
+    line: u32,
+    /// the sum of the chunk sizes so far
+    pub declared: u64,
+}
+
+impl ChunkCheck {
+    /// The longest chunk-size line (with its extensions).
+    pub const MAX_LINE: u32 = 4096;
+    /// The largest trailer section.
+    pub const MAX_TRAILERS: u32 = 16 * 1024;
+
+    /// Whether the body's last chunk and trailer section have been seen.
+    pub fn done(&self) -> bool {
+        self.state == Chunk::Done
+    }
+
+    /// Advances over `data` (the bytes after the previous call's); `limit` bounds the sum of
+    /// the chunk sizes.
+    pub fn feed(&mut self, data: &[u8], limit: u64) -> ChunkStep {
+        let mut i = 0;
+        while i < data.len() {
+            let b = data[i];
+            let bad = ChunkStep::Bad(i, BadBody::Framing);
+            self.state = match self.state {
+                Chunk::Done => return ChunkStep::End(i),
+                Chunk::Data => {
+                    let n = usize::try_from(self.left)
+                        .unwrap_or(usize::MAX)
+                        .min(data.len() - i);
+                    self.left -= n as u64;
+                    i += n;
+                    if self.left == 0 {
+                        self.state = Chunk::DataCr;
+                    }
+                    continue;
+                }
+                Chunk::Size => match b {
+                    b'0'..=b'9' | b'a'..=b'f' | b'A'..=b'F' => {
+                        if self.left > u64::MAX >> 4 {
+                            return bad;
+                        }
+                        self.left = self.left << 4 | u64::from(hex(b));
+                        self.digits = self.digits.saturating_add(1);
+                        Chunk::Size
+                    }
+                    _ if self.digits == 0 => return bad,
+                    b';' | b' ' | b'\t' => Chunk::Ext,
+                    b'\r' => Chunk::SizeLf,
+                    _ => return bad,
+                },
+                Chunk::Ext => match b {
+                    b'\r' => Chunk::SizeLf,
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => Chunk::Ext,
+                    _ => return bad,
+                },
+                Chunk::SizeLf if b == b'\n' => {
+                    let size = std::mem::take(&mut self.left);
+                    self.digits = 0;
+                    self.line = 0;
+                    if size == 0 {
+                        Chunk::TrailerStart
+                    } else {
+                        self.declared = self.declared.saturating_add(size);
+                        if self.declared > limit {
+                            return ChunkStep::Bad(i, BadBody::TooLarge);
+                        }
+                        self.left = size;
+                        Chunk::Data
+                    }
+                }
+                Chunk::DataCr if b == b'\r' => Chunk::DataLf,
+                Chunk::DataLf if b == b'\n' => Chunk::Size,
+                Chunk::TrailerStart => match b {
+                    b'\r' => Chunk::EndLf,
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => Chunk::Trailer,
+                    _ => return bad,
+                },
+                Chunk::Trailer => match b {
+                    b'\r' => Chunk::TrailerLf,
+                    b'\t' | 0x20..=0x7e | 0x80..=0xff => Chunk::Trailer,
+                    _ => return bad,
+                },
+                Chunk::TrailerLf if b == b'\n' => Chunk::TrailerStart,
+                Chunk::EndLf if b == b'\n' => {
+                    self.state = Chunk::Done;
+                    return ChunkStep::End(i + 1);
+                }
+                Chunk::SizeLf | Chunk::DataCr | Chunk::DataLf | Chunk::TrailerLf | Chunk::EndLf => {
+                    return bad
+                }
+            };
+            // chunk-size lines and the trailer section are bounded (the trailer count goes on
+            // across its lines)
+            let max = match self.state {
+                Chunk::Size | Chunk::Ext | Chunk::SizeLf => Self::MAX_LINE,
+                Chunk::TrailerStart | Chunk::Trailer | Chunk::TrailerLf | Chunk::EndLf => {
+                    Self::MAX_TRAILERS
+                }
+                _ => u32::MAX,
+            };
+            self.line = self.line.saturating_add(1);
+            if self.line > max {
+                return bad;
+            }
+            if self.state == Chunk::Size && b == b'\n' {
+                // the LF ending a chunk's data: the next size line starts
+                self.line = 0;
+            }
+            i += 1;
+        }
+        if self.state == Chunk::Done {
+            ChunkStep::End(data.len())
+        } else {
+            ChunkStep::More
+        }
+    }
+}
+
+fn hex(b: u8) -> u8 {
+    match b {
+        b'0'..=b'9' => b - b'0',
+        b'a'..=b'f' => b - b'a' + 10,
+        _ => b - b'A' + 10,
     }
 }
 
@@ -292,7 +499,7 @@ mod tests {
         let seen = |head: &[u8]| {
             let mut r = None;
             for i in 0..=head.len() {
-                let mut f = LengthField::default();
+                let mut f = FieldSeen::content_length();
                 f.feed(&head[..i]);
                 f.feed(&head[i..]);
                 assert!(r.is_none_or(|r| r == f.seen), "split at {i}");
@@ -445,5 +652,96 @@ mod tests {
             }
         }
         assert_eq!(ok(&[("host", "a"), ("x_api_key", "k")]), None);
+    }
+
+    /// The verdict on a chunked body, the same whatever the split: `Ok(n)` the body ended
+    /// after n bytes, `Err(None)` it goes on, `Err(Some((at, why)))` refused at byte `at`.
+    fn chunks(body: &[u8], limit: u64) -> Result<usize, Option<(usize, BadBody)>> {
+        let whole = {
+            let mut c = ChunkCheck::default();
+            c.feed(body, limit)
+        };
+        for i in 0..=body.len() {
+            for j in i..=body.len().min(i + 3) {
+                let mut c = ChunkCheck::default();
+                let mut step = ChunkStep::More;
+                for (off, part) in [(0, &body[..i]), (i, &body[i..j]), (j, &body[j..])] {
+                    step = match c.feed(part, limit) {
+                        ChunkStep::More => ChunkStep::More,
+                        ChunkStep::End(n) => ChunkStep::End(off + n),
+                        ChunkStep::Bad(at, why) => ChunkStep::Bad(off + at, why),
+                    };
+                    if step != ChunkStep::More {
+                        break;
+                    }
+                }
+                assert_eq!(step, whole, "split at {i}, {j}");
+            }
+        }
+        match whole {
+            ChunkStep::End(n) => Ok(n),
+            ChunkStep::More => Err(None),
+            ChunkStep::Bad(at, why) => Err(Some((at, why))),
+        }
+    }
+
+    #[test]
+    fn chunked_bodies() {
+        let framing = |at| Err(Some((at, BadBody::Framing)));
+        assert_eq!(chunks(b"5\r\nhello\r\n0\r\n\r\n", 100), Ok(15));
+        assert_eq!(chunks(b"5\r\nhello\r\n0\r\n\r\nGET /", 100), Ok(15));
+        assert_eq!(
+            chunks(b"0005;a=b;c=\"d e\"\r\nhello\r\n00\r\n\r\n", 100),
+            Ok(31)
+        );
+        assert_eq!(
+            chunks(b"A\r\n0123456789\r\n0\r\nX-T: 1\r\n\r\n", 100),
+            Ok(28)
+        );
+        assert_eq!(chunks(b"5 ;x\r\nhello\r\n", 100), Err(None));
+        // a bare LF ends no line
+        assert_eq!(chunks(b"5;a=b\nhello\r\n0\r\n\r\n", 100), framing(5));
+        assert_eq!(chunks(b"5\nhello\r\n0\r\n\r\n", 100), framing(1));
+        assert_eq!(chunks(b"5\r\nhello\n0\r\n\r\n", 100), framing(8));
+        assert_eq!(chunks(b"5\r\nhello\r\n0\r\n\n", 100), framing(13));
+        assert_eq!(chunks(b"5\r\nhello\r\n0\r\nX: 1\n\r\n", 100), framing(17));
+        // an empty chunk-size line is not the last chunk
+        assert_eq!(chunks(b"\r\nhello\r\n0\r\n\r\n", 100), framing(0));
+        // data not followed by CRLF, sizes that are not hex, overflow, control bytes
+        assert_eq!(chunks(b"5\r\nhelloX\r\n", 100), framing(8));
+        for bad in [&b" 5\r\n"[..], b"0x5\r\n", b"-5\r\n", b"+5\r\n", b"5g\r\n"] {
+            assert!(
+                matches!(chunks(bad, 100), Err(Some((_, BadBody::Framing)))),
+                "{:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+        assert_eq!(chunks(b"10000000000000000\r\n", u64::MAX), framing(16));
+        assert_eq!(chunks(b"5;a\x00\r\n", 100), framing(3));
+        // long lines
+        let mut long = b"5;".to_vec();
+        long.resize(ChunkCheck::MAX_LINE as usize + 10, b'a');
+        assert_eq!(chunks(&long, 100), framing(ChunkCheck::MAX_LINE as usize));
+        // the declared sizes against the limit, at the size line
+        assert_eq!(
+            chunks(b"5\r\nhello\r\n6\r\n", 10),
+            Err(Some((12, BadBody::TooLarge)))
+        );
+        assert_eq!(
+            chunks(b"FFFFFFFF\r\n", 10),
+            Err(Some((9, BadBody::TooLarge)))
+        );
+        assert_eq!(chunks(b"5\r\nhello\r\n5\r\nworld\r\n0\r\n\r\n", 10), Ok(25));
+    }
+
+    #[test]
+    fn transfer_encoding_field() {
+        let mut f = FieldSeen::transfer_encoding();
+        f.feed(b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-");
+        f.feed(b"Encoding: chunked\r\n\r\n");
+        assert!(f.seen);
+        let mut f = FieldSeen::transfer_encoding();
+        f.feed(b"POST / HTTP/1.1\r\nX-Transfer-Encoding: chunked\r\n\r\n");
+        assert!(!f.seen);
     }
 }

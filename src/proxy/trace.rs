@@ -12,6 +12,8 @@ pub struct Trace {
     trace_id: [u8; 32],
     /// 2 lowercase hex digits (`01` = sampled).
     flags: [u8; 2],
+    /// The client's parent span id (16 hex digits), all zero bytes without one.
+    parent: [u8; 16],
     /// Whether the client sent a valid `traceparent`.
     pub continued: bool,
 }
@@ -33,6 +35,43 @@ impl Trace {
     /// The 2-hex-digit trace flags.
     pub fn flags(&self) -> &str {
         std::str::from_utf8(&self.flags).unwrap_or("00")
+    }
+
+    /// Whether the client's trace is sampled (flag bit 0).
+    pub fn sampled(&self) -> bool {
+        (self.flags[1] as char)
+            .to_digit(16)
+            .is_some_and(|d| d & 1 == 1)
+    }
+
+    /// Sets or clears the sampled flag (what goes upstream from now on).
+    pub fn set_sampled(&mut self, sampled: bool) {
+        let d = (self.flags[1] as char).to_digit(16).unwrap_or(0);
+        let d = if sampled { d | 1 } else { d & !1 };
+        self.flags[1] = HEX[d as usize];
+    }
+
+    /// The trace id as 16 bytes (zeros before the request's trace is known).
+    pub fn trace_id_bytes(&self) -> [u8; 16] {
+        let mut out = [0u8; 16];
+        if self.is_set() {
+            for (i, o) in out.iter_mut().enumerate() {
+                *o = u8::from_str_radix(
+                    std::str::from_utf8(&self.trace_id[2 * i..2 * i + 2]).unwrap_or("0"),
+                    16,
+                )
+                .unwrap_or(0);
+            }
+        }
+        out
+    }
+
+    /// The client's parent span id, if it sent a trace.
+    pub fn parent_span_id(&self) -> Option<u64> {
+        if self.parent[0] == 0 {
+            return None;
+        }
+        u64::from_str_radix(std::str::from_utf8(&self.parent).ok()?, 16).ok()
     }
 }
 
@@ -77,12 +116,14 @@ pub fn parse(v: &[u8]) -> Option<Trace> {
         ..Trace::default()
     };
     t.trace_id.copy_from_slice(trace.as_bytes());
+    t.parent.copy_from_slice(parent.as_bytes());
     t.flags.copy_from_slice(flags.as_bytes());
     t.flags.make_ascii_lowercase();
     Some(t)
 }
 
-fn random_u64() -> u64 {
+/// A random non-zero 64-bit value (span ids).
+pub fn random_u64() -> u64 {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u64(COUNTER.fetch_add(1, Ordering::Relaxed));
@@ -100,11 +141,12 @@ pub fn fresh() -> Trace {
     t
 }
 
-/// The `traceparent` to send upstream: this trace with a new span id for the gateway.
-pub fn upstream_header(t: &Trace) -> [u8; 55] {
+/// The `traceparent` to send upstream: this trace with `span` (a new span id for the
+/// gateway's attempt) as the parent.
+pub fn upstream_header(t: &Trace, span: u64) -> [u8; 55] {
     let mut v = *b"00-________________________________-________________-__";
     v[3..35].copy_from_slice(&t.trace_id);
-    put_hex(&mut v[36..52], random_u64());
+    put_hex(&mut v[36..52], span);
     v[53..55].copy_from_slice(&t.flags);
     v
 }
@@ -128,7 +170,7 @@ mod tests {
         ] {
             assert!(parse(bad.as_bytes()).is_none(), "{bad}");
         }
-        let up = upstream_header(&t);
+        let up = upstream_header(&t, random_u64());
         let up = std::str::from_utf8(&up).unwrap();
         assert!(up.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
         assert!(up.ends_with("-01"));
@@ -137,7 +179,10 @@ mod tests {
             "the gateway is the new parent"
         );
         let f = fresh();
-        assert!(parse(&upstream_header(&f)).is_some());
+        assert!(parse(&upstream_header(&f, 7)).is_some());
+        assert!(t.sampled() && !f.sampled());
+        assert_eq!(t.parent_span_id(), Some(0x00f067aa0ba902b7));
+        assert_eq!(t.trace_id_bytes()[0], 0x4b);
         assert_eq!(f.trace_id().len(), 32);
         assert_eq!(Trace::default().trace_id(), "");
     }

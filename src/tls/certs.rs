@@ -31,36 +31,48 @@ pub(crate) fn load(cert: &Path, key: &Path, now: i64) -> Result<LoadedCert, Stri
         std::fs::read(cert).map_err(|e| format!("cannot read `{}`: {e}", cert.display()))?;
     let key_bytes =
         std::fs::read(key).map_err(|e| format!("cannot read `{}`: {e}", key.display()))?;
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_bytes)
+    from_pem(
+        &cert_bytes,
+        &key_bytes,
+        now,
+        &cert.display().to_string(),
+        &key.display().to_string(),
+    )
+}
+
+/// [`load`] on the files' contents (`cert_name`, `key_name`: what the errors call them).
+pub(crate) fn from_pem(
+    cert_bytes: &[u8],
+    key_bytes: &[u8],
+    now: i64,
+    cert_name: &str,
+    key_name: &str,
+) -> Result<LoadedCert, String> {
+    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_bytes)
         .collect::<Result<_, _>>()
-        .map_err(|e| format!("`{}`: not a PEM certificate chain: {e}", cert.display()))?;
+        .map_err(|e| format!("`{cert_name}`: not a PEM certificate chain: {e}"))?;
     let Some(leaf) = chain.first() else {
-        return Err(format!("`{}` holds no certificate", cert.display()));
+        return Err(format!("`{cert_name}` holds no certificate"));
     };
-    let private = PrivateKeyDer::from_pem_slice(&key_bytes)
-        .map_err(|e| format!("`{}`: no PEM private key: {e}", key.display()))?;
+    let private = PrivateKeyDer::from_pem_slice(key_bytes)
+        .map_err(|e| format!("`{key_name}`: no PEM private key: {e}"))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&private)
-        .map_err(|e| format!("`{}`: unsupported private key: {e}", key.display()))?;
-    let (names, not_after) = leaf_facts(leaf).map_err(|e| format!("`{}`: {e}", cert.display()))?;
+        .map_err(|e| format!("`{key_name}`: unsupported private key: {e}"))?;
+    let (names, not_after) = leaf_facts(leaf).map_err(|e| format!("`{cert_name}`: {e}"))?;
     if not_after < now {
         return Err(format!(
-            "`{}` expired (not after {})",
-            cert.display(),
+            "`{cert_name}` expired (not after {})",
             x509_parser::time::ASN1Time::from_timestamp(not_after)
                 .map_or_else(|_| not_after.to_string(), |t| t.to_string())
         ));
     }
     let certified = CertifiedKey::new(chain, signing);
-    certified.keys_match().map_err(|_| {
-        format!(
-            "`{}` does not match the certificate `{}`",
-            key.display(),
-            cert.display()
-        )
-    })?;
+    certified
+        .keys_match()
+        .map_err(|_| format!("`{key_name}` does not match the certificate `{cert_name}`"))?;
     let mut h = Sha256::new();
-    h.update(&cert_bytes);
-    h.update(&key_bytes);
+    h.update(cert_bytes);
+    h.update(key_bytes);
     Ok(LoadedCert {
         key_der: private.secret_der().to_vec(),
         key: Arc::new(certified),

@@ -9,6 +9,20 @@ pub(crate) mod certs;
 pub mod client;
 mod sni;
 
+/// The certificate parsers, for the fuzz targets.
+pub mod fuzzing {
+    /// A PEM chain and key as `tls.certificates` loads them (expiry checked against `now`):
+    /// the chain's length.
+    pub fn load_pem(cert: &[u8], key: &[u8], now: i64) -> Result<usize, String> {
+        super::certs::from_pem(cert, key, now, "cert", "key").map(|l| l.key.cert.len())
+    }
+
+    /// A client certificate (DER) as a mutual-TLS client presents it.
+    pub fn parse_client_cert(der: &[u8]) -> Option<gatehouse_plugins::api::ClientCert> {
+        super::client::parse(der)
+    }
+}
+
 pub use client::{ClientCertRule, ConnTls};
 
 use std::fmt;

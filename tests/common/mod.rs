@@ -5,6 +5,7 @@
 #![allow(dead_code, clippy::unwrap_used, clippy::expect_used)]
 
 pub mod pki;
+pub mod redis;
 
 use std::collections::HashMap;
 use std::convert::Infallible;
@@ -30,6 +31,8 @@ pub struct Seen {
     pub method: String,
     pub path: String,
     pub headers: HashMap<String, Vec<String>>,
+    /// The request body as received (its first 256 KiB).
+    pub body: Vec<u8>,
 }
 
 impl Seen {
@@ -85,7 +88,7 @@ async fn handle(
             .or_default()
             .push(String::from_utf8_lossy(v.as_bytes()).into_owned());
     }
-    let seen = Seen {
+    let mut seen = Seen {
         version: format!("{:?}", req.version()),
         method: req.method().to_string(),
         path: req
@@ -94,6 +97,7 @@ async fn handle(
             .map(|p| p.to_string())
             .unwrap_or_default(),
         headers,
+        body: Vec::new(),
     };
     // count body bytes as they arrive, so a body cut short still shows what got through
     let mut body = req.into_body();
@@ -102,6 +106,8 @@ async fn handle(
             Ok(f) => {
                 if let Some(d) = f.data_ref() {
                     shared.body_bytes.fetch_add(d.len(), Ordering::SeqCst);
+                    let room = (256usize << 10).saturating_sub(seen.body.len());
+                    seen.body.extend_from_slice(&d[..d.len().min(room)]);
                 }
             }
             Err(_) => {
@@ -487,6 +493,27 @@ impl TestGateway {
         std::fs::write(&tmp, yaml).unwrap();
         std::fs::rename(&tmp, self.config_path()).unwrap();
     }
+    /// Asks for a reload (`POST /reload` on the admin listener, no token): its answer.
+    pub async fn reload(&self) -> reqwest::Response {
+        self.client
+            .post(self.admin_url("/reload"))
+            .send()
+            .await
+            .unwrap()
+    }
+    /// The access log's JSON entries (waits, at most 5 s, until there are at least `n`).
+    pub async fn log_entries(&self, n: usize) -> Vec<serde_json::Value> {
+        let path = self.dir.path().join("access.log");
+        let read = || {
+            std::fs::read_to_string(&path)
+                .unwrap_or_default()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .collect::<Vec<_>>()
+        };
+        eventually(Duration::from_secs(5), || async { read().len() >= n }).await;
+        read()
+    }
     /// Value of a metric line that starts with `prefix` (e.g. `name{labels}`), or 0.
     pub async fn metric(&self, prefix: &str) -> f64 {
         let m = self.metrics().await;
@@ -498,6 +525,25 @@ impl TestGateway {
     }
     pub fn url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.port)
+    }
+    /// The status of GET `path` on the admin listener.
+    pub async fn get_admin(&self, path: &str) -> u16 {
+        self.client
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .map_or(0, |r| r.status().as_u16())
+    }
+    /// The body of GET `path` on the admin listener.
+    pub async fn get_admin_text(&self, path: &str) -> String {
+        self.client
+            .get(self.admin_url(path))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
     }
     pub fn admin_url(&self, path: &str) -> String {
         format!("http://127.0.0.1:{}{path}", self.admin_port)

@@ -24,6 +24,10 @@ pub struct RequestInfo {
     /// the access log and counted in the plugin's metric. Results must come from a small fixed
     /// set (they become metric labels), never from client input.
     pub outcomes: Vec<(&'static str, &'static str)>,
+    /// What a plugin has to say about the request beyond its decision (e.g. the WAF's
+    /// matched rules), `(plugin kind, value)`: written to the access log under `details`,
+    /// never a metric label. The plugin keeps the value small and bounded.
+    pub details: Vec<(&'static str, serde_json::Value)>,
 }
 
 impl RequestInfo {
@@ -36,7 +40,13 @@ impl RequestInfo {
             client_cert: None,
             ext: http::Extensions::new(),
             outcomes: Vec::new(),
+            details: Vec::new(),
         }
+    }
+
+    /// Adds a plugin's detail for the access log (see [`RequestInfo::details`]).
+    pub fn detail(&mut self, kind: &'static str, value: serde_json::Value) {
+        self.details.push((kind, value));
     }
 
     /// Records a plugin decision (see [`RequestInfo::outcomes`]).
@@ -69,6 +79,18 @@ impl<'a> PluginCtx<'a> {
     /// This plugin's per-request state, if set and of type `T`.
     pub fn state<T: Any + Send + Sync>(&self) -> Option<&T> {
         self.slot.as_ref().and_then(|b| b.downcast_ref::<T>())
+    }
+
+    /// Takes this plugin's per-request state out of its slot (when of type `T`; otherwise
+    /// the slot is left as it is).
+    pub fn take_state<T: Any + Send + Sync>(&mut self) -> Option<T> {
+        match self.slot.take()?.downcast::<T>() {
+            Ok(b) => Some(*b),
+            Err(other) => {
+                *self.slot = Some(other);
+                None
+            }
+        }
     }
 
     /// Mutable access to this plugin's per-request state.

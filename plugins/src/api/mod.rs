@@ -3,6 +3,7 @@
 //! (`- kind: {config}`) into a plugin instance at config-compile time.
 
 mod ctx;
+mod global;
 mod registry;
 mod reply;
 mod shared;
@@ -13,12 +14,29 @@ use async_trait::async_trait;
 use serde::de::DeserializeOwned;
 
 pub use ctx::{PluginCtx, RequestInfo};
+pub use global::{GlobalCounters, GlobalDecision, GlobalError, OnError};
 pub use pingora_error::{Error, ErrorType, Result};
 pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use pingora_proxy::Session;
 pub use registry::{BuildEnv, BuildError, BuildResult, PluginInstance, Registry};
 pub use reply::{Flow, Reply, ReplyBody};
-pub use shared::{CacheIntent, Claims, ClientCert, VerifiedClaims};
+
+/// The request body as the body step ([`Plugin::request_body`]) saw it.
+#[derive(Debug, Clone, Default)]
+pub struct RequestBody {
+    /// What was read: the whole body when `complete`, otherwise the first bytes (possibly
+    /// none) of a longer one.
+    pub bytes: bytes::Bytes,
+    /// Whether `bytes` is the whole body (also for a request without one).
+    pub complete: bool,
+    /// The body's `Content-Length`, when the client declared one.
+    pub declared: Option<u64>,
+}
+
+/// The most the body step buffers: what Pingora 0.9.1 can replay upstream after reading it
+/// (`BODY_BUF_LIMIT`). A plugin's [`Plugin::request_body_limit`] is capped at this.
+pub const MAX_BUFFERED_BODY: usize = 64 * 1024;
+pub use shared::{CacheIntent, Claims, ClientCert, UpstreamChoice, VerifiedClaims};
 
 /// A plugin instance, built once per config compile and shared by every request of the routes
 /// that list it. All hooks have defaults that do nothing, so a plugin implements only the phases
@@ -32,7 +50,8 @@ pub use shared::{CacheIntent, Claims, ClientCert, VerifiedClaims};
 /// - `upstream_request_filter` runs in chain order on the request about to go upstream (after
 ///   the gateway set `Host`, `X-Forwarded-*`, `X-Request-Id`).
 /// - `response_filter` runs in reverse chain order on every response: from the upstream, a
-///   gateway error (502/503/504) or a plugin reply.
+///   gateway error (502/503/504) or a plugin reply. An `Err` replaces the response by the
+///   gateway's 500, which goes through the other plugins' hooks but not this one's again.
 /// - `logging` runs in reverse chain order once per request, after the response was sent or the
 ///   request failed.
 ///
@@ -41,6 +60,29 @@ pub use shared::{CacheIntent, Claims, ClientCert, VerifiedClaims};
 pub trait Plugin: Send + Sync + 'static {
     /// See the trait contract. Default: `Flow::Continue`.
     async fn request_filter(&self, _s: &mut Session, _cx: &mut PluginCtx<'_>) -> Result<Flow> {
+        Ok(Flow::Continue)
+    }
+
+    /// Opt-in to the body step: the most request-body bytes this plugin needs to see (capped
+    /// at [`MAX_BUFFERED_BODY`]). When any plugin of a route's chain asks, the gateway reads
+    /// the body (up to the largest limit asked, plus one byte to know whether there is more)
+    /// after every `request_filter` continued and before anything goes upstream, then calls
+    /// [`Plugin::request_body`] of those plugins in chain order; the bytes read are then sent
+    /// upstream as they came, followed by the rest of the body. A body declared
+    /// (`Content-Length`) larger than the limit is not read: the hook sees it incomplete and
+    /// empty. Default: `None` (no body step).
+    fn request_body_limit(&self) -> Option<usize> {
+        None
+    }
+
+    /// The body step (see [`Plugin::request_body_limit`]). `Flow::Respond` answers instead of
+    /// the upstream, as from `request_filter`. Default: `Flow::Continue`.
+    async fn request_body(
+        &self,
+        _s: &mut Session,
+        _body: &RequestBody,
+        _cx: &mut PluginCtx<'_>,
+    ) -> Result<Flow> {
         Ok(Flow::Continue)
     }
 

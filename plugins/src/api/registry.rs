@@ -48,6 +48,11 @@ pub struct BuildEnv {
     pub route_id: Option<String>,
     /// Non-fatal findings that the config compiler logs with the entry's YAML path.
     pub warnings: Vec<String>,
+    /// The counters shared by every instance (the top-level `redis` section), when
+    /// configured.
+    pub global: Option<std::sync::Arc<dyn crate::api::GlobalCounters>>,
+    /// Files the instance was built from ([`BuildEnv::depends_on`]).
+    pub files: Vec<PathBuf>,
 }
 
 impl BuildEnv {
@@ -55,6 +60,12 @@ impl BuildEnv {
     /// entry's YAML path; the config is still applied).
     pub fn warn(&mut self, message: impl Into<String>) {
         self.warnings.push(message.into());
+    }
+
+    /// Records that the instance is built from `file`'s contents: a reload rebuilds it when
+    /// the file changed (size or modification time), even if its YAML entry did not.
+    pub fn depends_on(&mut self, file: impl Into<PathBuf>) {
+        self.files.push(file.into());
     }
 
     /// Resolves a file name from a plugin config against the config's directory.
@@ -78,6 +89,24 @@ pub struct PluginInstance {
     /// The YAML key it was built from (`jwt`, `cors`, ...).
     pub kind: &'static str,
     pub plugin: Arc<dyn Plugin>,
+    /// The files it was built from, as they were ([`BuildEnv::depends_on`]).
+    pub files: Arc<[(PathBuf, Option<FileStamp>)]>,
+}
+
+/// A file's size and modification time.
+pub type FileStamp = (u64, std::time::SystemTime);
+
+/// `path`'s [`FileStamp`], `None` when it cannot be read.
+pub fn file_stamp(path: &std::path::Path) -> Option<FileStamp> {
+    let m = std::fs::metadata(path).ok()?;
+    Some((m.len(), m.modified().ok()?))
+}
+
+impl PluginInstance {
+    /// Whether every file it was built from is as it was.
+    pub fn files_unchanged(&self) -> bool {
+        self.files.iter().all(|(p, st)| file_stamp(p) == *st)
+    }
 }
 
 impl std::ops::Deref for PluginInstance {
@@ -163,10 +192,22 @@ impl Registry {
         env: &mut BuildEnv,
     ) -> BuildResult<PluginInstance> {
         match self.factories.get_key_value(kind) {
-            Some((kind, (f, _))) => Ok(PluginInstance {
-                kind,
-                plugin: f(config, env)?,
-            }),
+            Some((kind, (f, _))) => {
+                let plugin = f(config, env)?;
+                let files = env
+                    .files
+                    .drain(..)
+                    .map(|p| {
+                        let st = file_stamp(&p);
+                        (p, st)
+                    })
+                    .collect();
+                Ok(PluginInstance {
+                    kind,
+                    plugin,
+                    files,
+                })
+            }
             None => Err(BuildError::new(format!(
                 "unknown plugin kind `{kind}` (known: {})",
                 self.kinds().join(", ")

@@ -19,9 +19,9 @@ pub enum ReplyBody {
     /// The gateway's JSON error shape, `{"error": <message>, "request_id": <id>}`; the
     /// request id is filled in by the gateway.
     Error(String),
-    /// Raw bytes with their content type.
+    /// Raw bytes with their content type (`HeaderValue::from_static` for a fixed one).
     Raw {
-        content_type: &'static str,
+        content_type: HeaderValue,
         bytes: Bytes,
     },
 }

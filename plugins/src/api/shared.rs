@@ -45,3 +45,9 @@ pub struct ClientCert {
     /// When the certificate expires (Unix seconds).
     pub not_after: i64,
 }
+
+/// The upstream group a plugin chose for this request instead of the route's own
+/// (`info.ext`), by its name in `upstreams:`. The gateway reads it after the request chain
+/// continued; an unknown name answers 500 naming it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamChoice(pub Arc<str>);

@@ -28,6 +28,11 @@
 
 mod keys;
 mod source;
+
+/// The JWKS parser, for the fuzz targets.
+pub mod fuzzing {
+    pub use super::keys::parse_jwks;
+}
 mod verify;
 
 use std::collections::BTreeMap;
@@ -451,8 +456,13 @@ fn fixed_keys(list: &[RawKey], env: &mut BuildEnv) -> BuildResult<Vec<Arc<Key>>>
                 }
                 jsonwebtoken::DecodingKey::from_secret(secret.as_bytes())
             }
-            (None, Some(file), true) => keys::load_pem(alg, &env.resolve(file))
-                .map_err(|e| BuildError::at(format!("{p}.public_key_file"), e))?,
+            (None, Some(file), true) => {
+                let path = env.resolve(file);
+                // a rotated key file is picked up by the next reload
+                env.depends_on(path.clone());
+                keys::load_pem(alg, &path)
+                    .map_err(|e| BuildError::at(format!("{p}.public_key_file"), e))?
+            }
             (_, _, asymmetric) => {
                 let needs = if asymmetric {
                     "`public_key_file` (and no secret)"

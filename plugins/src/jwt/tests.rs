@@ -408,3 +408,17 @@ async fn jwks_url_fetch_refresh_on_unknown_kid_and_last_good_kept() {
 fn futures_lite_block<F: std::future::Future>(f: F) -> F::Output {
     tokio::task::block_in_place(|| tokio::runtime::Handle::current().block_on(f))
 }
+
+#[test]
+fn key_files_are_recorded_so_a_reload_sees_a_rotated_key() {
+    let mut env = BuildEnv {
+        base_dir: keys_dir(),
+        ..BuildEnv::default()
+    };
+    let _: Jwt = crate::api::testing::build_with(
+        "keys: [{ algorithm: RS256, public_key_file: rsa.pub }, { algorithm: HS256, secret: \"0123456789abcdef0123456789abcdef\" }]",
+        &mut env,
+    )
+    .unwrap();
+    assert_eq!(env.files, [keys_dir().join("rsa.pub")]);
+}

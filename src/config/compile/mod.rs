@@ -9,8 +9,10 @@
 //! be installed happens when the snapshot is published (`crate::reload::publish`).
 
 mod plugins;
+mod redis;
 mod routes;
 mod server;
+mod tracing;
 mod upstreams;
 
 use std::collections::HashMap;
@@ -55,8 +57,19 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         }
     }
 
-    let mut chains = plugins::Chains::new(env);
-    let global = chains.chain(&raw.plugins, None, &mut errs.scope("plugins"));
+    let redis = redis::compile_redis(raw.redis.as_ref(), env, &mut errs.scope("redis"));
+    // plugin instances hold the link they were built with: a changed link rebuilds them
+    let same_link = match (env.previous.and_then(|p| p.redis.as_ref()), &redis) {
+        (None, None) => true,
+        (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+        _ => false,
+    };
+    let global = redis
+        .clone()
+        .map(|l| l as Arc<dyn gatehouse_plugins::api::GlobalCounters>);
+    let tracing = tracing::compile_tracing(raw.tracing.as_ref(), env, &mut errs.scope("tracing"));
+    let mut chains = plugins::Chains::new(env, global, same_link);
+    let global_chain = chains.chain(&raw.plugins, None, &mut errs.scope("plugins"));
     let route_env = routes::RouteEnv {
         upstreams: &upstreams,
         upstream_names: raw.upstreams.keys().map(String::as_str).collect(),
@@ -65,7 +78,7 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
             matches!(l, crate::config::raw::RawListen::Full(crate::config::raw::RawListener { tls: Some(t), .. })
                 if t.client_auth.mode != crate::config::raw::ClientAuthMode::None)
         }),
-        global,
+        global: global_chain,
         metrics: env.metrics,
     };
     let mut ids = std::collections::HashSet::new();
@@ -94,6 +107,8 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         source_hash: String::new(),
         source: serde_yaml::Value::Null,
         server,
+        redis,
+        tracing,
         raw,
     })
 }
@@ -129,11 +144,20 @@ mod tests {
         )
         .err()
         .unwrap();
+        let mut kinds = vec!["access", "cache", "cors", "headers", "jwt"];
+        if cfg!(feature = "lua") {
+            kinds.push("lua");
+        }
+        kinds.push("rate_limit");
+        if cfg!(feature = "waf") {
+            kinds.push("waf");
+        }
+        let known = kinds.join(", ");
         assert_eq!(
             errs,
             [
                 "plugins[0]: a plugin entry is a mapping with one key, its kind: `- headers: {...}`",
-                "routes[0].plugins[0].nope: unknown plugin kind `nope` (known: access, cache, cors, headers, jwt, rate_limit)",
+                &format!("routes[0].plugins[0].nope: unknown plugin kind `nope` (known: {known})"),
                 "routes[0].plugins[1].rate_limit.requests: must be at least 1",
                 "routes[0].plugins[2].cache.default_ttl: invalid duration `soon`: write a number and a unit (ms, s, m, h, d), e.g. \"10s\"",
             ]

@@ -4,7 +4,9 @@
 //! (rate-limit windows, JWKS key sets, caches).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use gatehouse_plugins::api::GlobalCounters;
 use gatehouse_plugins::{BuildEnv, PluginInstance};
 
 use super::CompileEnv;
@@ -16,13 +18,24 @@ use crate::state::PluginKey;
 pub(super) struct Chains<'e, 'a> {
     env: &'e CompileEnv<'a>,
     pub(super) built: HashMap<PluginKey, PluginInstance>,
+    /// The shared counters plugins are built with.
+    global: Option<Arc<dyn GlobalCounters>>,
+    /// Whether the previous snapshot's instances may be kept (not when the shared counters
+    /// changed: they hold the old ones).
+    reuse: bool,
 }
 
 impl<'e, 'a> Chains<'e, 'a> {
-    pub(super) fn new(env: &'e CompileEnv<'a>) -> Self {
+    pub(super) fn new(
+        env: &'e CompileEnv<'a>,
+        global: Option<Arc<dyn GlobalCounters>>,
+        reuse: bool,
+    ) -> Self {
         Chains {
             env,
             built: HashMap::new(),
+            global,
+            reuse,
         }
     }
 
@@ -73,7 +86,11 @@ impl<'e, 'a> Chains<'e, 'a> {
             .filter(|k| k.0 == scope && k.1 == kind && k.2 == text)
             .count();
         let key: PluginKey = (scope.to_string(), kind.to_string(), text, occurrence);
-        if let Some(prev) = self.env.previous.and_then(|p| p.plugins.get(&key)) {
+        let previous = self.env.previous.filter(|_| self.reuse);
+        if let Some(prev) = previous
+            .and_then(|p| p.plugins.get(&key))
+            .filter(|p| p.files_unchanged())
+        {
             self.built.insert(key, prev.clone());
             return Some(prev.clone());
         }
@@ -81,6 +98,8 @@ impl<'e, 'a> Chains<'e, 'a> {
             base_dir: self.env.base_dir.clone(),
             route_id: route_id.map(str::to_string),
             warnings: Vec::new(),
+            global: self.global.clone(),
+            files: Vec::new(),
         };
         let built = registry.build(kind, cfg.clone(), &mut benv);
         for w in benv.warnings.drain(..) {

@@ -112,6 +112,8 @@ pub(super) fn compile_server(
         body_read_timeout: lim.body_read_timeout.0,
         header_read_timeout: lim.header_read_timeout.0,
         max_connections: lim.max_connections.get(),
+        h2_control_frames_per_second: lim.h2_control_frames_per_second,
+        abuse_block: lim.abuse_block.0,
     }
 }
 
