@@ -36,8 +36,9 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
         }
         UpstreamHost::Fixed(v) => req.insert_header(http::header::HOST, v.clone())?,
     }
+    let (cert_headers, tracestate) = client_headers_to_drop(req, ctx);
     forwarded(s, req, ctx)?;
-    client_cert_headers(req, ctx)?;
+    client_cert_headers(req, ctx, cert_headers)?;
     req.insert_header("x-request-id", ctx.request_id_value())?;
     // the attempt's own span (when tracing) is the backend's parent
     let span = match ctx.spans.as_mut().and_then(|l| l.attempts.last_mut()) {
@@ -50,7 +51,7 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
     let traceparent = http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
     req.insert_header("traceparent", traceparent)?;
-    if !ctx.trace().continued {
+    if tracestate && !ctx.trace().continued {
         req.remove_header("tracestate");
     }
     if s.cache.enabled() {
@@ -107,17 +108,36 @@ fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// The verified client certificate's subject, SANs, fingerprint and `verified: true`, after
-/// every copy the client sent of those headers is removed (a client cannot claim an identity).
-fn client_cert_headers(req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+/// Whether the client sent any of the client-certificate identity headers, and whether it
+/// sent `tracestate`: one pass over its header names, so that the common request (none of
+/// them) costs no hashed removal per name.
+fn client_headers_to_drop(req: &RequestHeader, ctx: &Ctx) -> (bool, bool) {
     let names = &ctx.snap.server.client_cert_headers;
-    for n in [
-        &names.subject,
-        &names.sans,
-        &names.fingerprint,
-        &names.verified,
-    ] {
-        req.remove_header(n);
+    let (mut cert, mut tracestate) = (false, false);
+    for k in req.headers.keys() {
+        cert |= *k == names.subject
+            || *k == names.sans
+            || *k == names.fingerprint
+            || *k == names.verified;
+        tracestate |= k.as_str() == "tracestate";
+    }
+    (cert, tracestate)
+}
+
+/// The verified client certificate's subject, SANs, fingerprint and `verified: true`, after
+/// every copy the client sent of those headers is removed (a client cannot claim an identity;
+/// `present`: it sent at least one of them).
+fn client_cert_headers(req: &mut RequestHeader, ctx: &Ctx, present: bool) -> Result<()> {
+    let names = &ctx.snap.server.client_cert_headers;
+    if present {
+        for n in [
+            &names.subject,
+            &names.sans,
+            &names.fingerprint,
+            &names.verified,
+        ] {
+            req.remove_header(n);
+        }
     }
     let Some(cert) = &ctx.info.client_cert else {
         return Ok(());

@@ -193,10 +193,18 @@ pub(super) async fn logging(s: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
     }
 }
 
-/// The gateway's JSON error body: `{"error": message, "request_id": id}`.
+/// The gateway's JSON error body: `{"error": message, "request_id": id}`, written in one
+/// buffer (no `serde_json::Value` map: this is on the path of every answer the gateway gives
+/// itself).
 fn error_body(message: &str, request_id: &str) -> Bytes {
-    let v = serde_json::json!({ "error": message, "request_id": request_id });
-    Bytes::from(v.to_string())
+    let mut v = Vec::with_capacity(message.len() + request_id.len() + 32);
+    // cannot fail: a `str` always serializes, and writing to a `Vec` never fails
+    v.extend_from_slice(b"{\"error\":");
+    let _ = serde_json::to_writer(&mut v, message);
+    v.extend_from_slice(b",\"request_id\":");
+    let _ = serde_json::to_writer(&mut v, request_id);
+    v.push(b'}');
+    Bytes::from(v)
 }
 
 /// Writes a gateway reply: builds the head, runs the response hooks of the plugins that ran,
@@ -302,4 +310,20 @@ async fn write_grpc_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Resul
     }
     settle_request_body(s).await;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn error_body_is_the_json_object_with_escaping() {
+        for (msg, id) in [
+            ("no route", "0123456789abcdef"),
+            ("quote \" and \\ and \n and \u{1} and é", "id"),
+            ("", ""),
+        ] {
+            let body = super::error_body(msg, id);
+            let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+            assert_eq!(v, serde_json::json!({ "error": msg, "request_id": id }));
+        }
+    }
 }
