@@ -17,6 +17,11 @@
 
 use std::collections::HashMap;
 
+/// The router's maps: keyed by what clients send (hosts, path segments), so with a randomly
+/// keyed hasher, but aHash instead of the standard SipHash (a lookup per path segment on
+/// every request: ~100 instructions per short key with SipHash, a third of that with aHash).
+type Map<V> = HashMap<Box<str>, V, ahash::RandomState>;
+
 use http::{HeaderName, HeaderValue, Method};
 use regex::Regex;
 
@@ -80,8 +85,8 @@ impl Candidate {
 
 #[derive(Debug, Default)]
 struct Table {
-    exact: HashMap<Box<str>, Vec<Candidate>>,
-    prefix: HashMap<Box<str>, Vec<Candidate>>,
+    exact: Map<Vec<Candidate>>,
+    prefix: Map<Vec<Candidate>>,
     regex: Vec<(Regex, Candidate)>,
 }
 
@@ -141,8 +146,8 @@ impl Table {
 /// The compiled routing table. Immutable; rebuilt on reload.
 #[derive(Debug, Default)]
 pub struct Router {
-    exact_hosts: HashMap<Box<str>, Table>,
-    wildcard_hosts: HashMap<Box<str>, Table>,
+    exact_hosts: Map<Table>,
+    wildcard_hosts: Map<Table>,
     any_host: Table,
 }
 

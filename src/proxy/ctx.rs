@@ -212,7 +212,8 @@ pub fn new_request_id() -> String {
     let mut id = [0u8; 32];
     super::trace::put_hex(&mut id[..16], seed);
     super::trace::put_hex(&mut id[16..], mixed);
-    String::from_utf8_lossy(&id).into_owned()
+    // hex digits: always UTF-8 (checked, not assumed)
+    String::from_utf8(id.to_vec()).unwrap_or_default()
 }
 
 #[cfg(test)]
