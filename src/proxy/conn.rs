@@ -203,7 +203,9 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
         // the handshake counts against the cap and has its own deadline
         let session = match tls {
             Some((listener, tls)) => {
-                let (stream, result) = handshake(session, &tls).await;
+                // boxed: the handshake's state is large, and inline it would be part of every
+                // connection's task, plain ones included, for the connection's whole life
+                let (stream, result) = Box::pin(handshake(session, &tls)).await;
                 let m = &self.tls_metrics;
                 m.handshakes.with_label_values(&[&*listener, result]).inc();
                 let stream = stream?;
