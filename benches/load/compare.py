@@ -169,6 +169,98 @@ http {{
 """
 
 
+NGINX_PROXY_CACHE = """
+worker_processes 1;
+daemon off;
+pid {dir}/proxy-cache.pid;
+error_log {dir}/proxy-cache-error.log warn;
+events {{ worker_connections 4096; }}
+http {{
+  access_log off;
+  keepalive_requests 1000000;
+  proxy_cache_path {dir}/nginx-cache levels=1:2 keys_zone=bench:10m max_size=100m;
+  upstream backend {{ server 127.0.0.1:{backend}; keepalive 64; }}
+  server {{
+    listen 127.0.0.1:{port} backlog=4096;
+    location / {{
+      proxy_pass http://backend;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_cache bench;
+      add_header Cache-Status $upstream_cache_status;
+    }}
+  }}
+}}
+"""
+
+HAPROXY = """
+global
+  nbthread 1
+  maxconn 8000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 60s
+  timeout server 60s
+  option http-keep-alive
+frontend bench
+  bind 127.0.0.1:{port} backlog 4096
+  default_backend backend
+backend backend
+  http-reuse always
+  server b1 127.0.0.1:{backend}
+"""
+
+
+def answers_config(port, admin, backend):
+    """One gatehouse whose routes answer by themselves: /jwt without a token (401), /limited
+    past its limit (429), /cors preflights (204), any other path (404); /bench proxies."""
+    return f"""server:
+  listen: ["127.0.0.1:{port}"]
+  threads: 1
+  grace_period: 1s
+  access_log: off
+  watch_config: false
+  log_level: warn
+  limits: {{ max_connections: 100000 }}
+admin:
+  listen: "127.0.0.1:{admin}"
+upstreams:
+  backend:
+    backends: ["127.0.0.1:{backend}"]
+    pool: {{ max_idle: 256 }}
+routes:
+  - id: bench
+    match: {{ path_prefix: /bench }}
+    upstream: backend
+  - id: jwt
+    match: {{ path_prefix: /jwt }}
+    upstream: backend
+    plugins:
+      - jwt: {{ keys: [{{ algorithm: HS256, secret: "{SECRET}" }}] }}
+  - id: limited
+    match: {{ path_prefix: /limited }}
+    upstream: backend
+    plugins:
+      - rate_limit: {{ key: client_ip, requests: 1, per: 1h }}
+  - id: cors
+    match: {{ path_prefix: /cors }}
+    upstream: backend
+    plugins:
+      - cors: {{ allow_origins: ["https://app.example.com"], allow_methods: [GET, POST] }}
+"""
+
+
+# the rows answered by gatehouse itself: (name, path, headers, wrk script)
+ANSWERS = [
+    ("401 from jwt (no token)", "/jwt", [], None),
+    ("429 from rate_limit", "/limited", [], None),
+    ("CORS preflight (204)", "/cors", ["Origin: https://app.example.com",
+                                       "Access-Control-Request-Method: POST"], 'wrk.method = "OPTIONS"\n'),
+    ("404 (no route)", "/nothing", [], None),
+]
+
+
 def gatehouse_config(port, admin, backend, chain, access_log):
     plugins = ""
     if chain == "full":
@@ -202,11 +294,13 @@ routes:
 {plugins}"""
 
 
-def run_wrk(port, duration, conns, headers):
+def run_wrk(port, duration, conns, headers, path="/bench", script=None):
     cmd = ["taskset", "-c", "1", "wrk", "-t1", f"-c{conns}", f"-d{duration}s", "--latency"]
     for h in headers:
         cmd += ["-H", h]
-    cmd.append(f"http://127.0.0.1:{port}/bench")
+    if script:
+        cmd += ["-s", script]
+    cmd.append(f"http://127.0.0.1:{port}{path}")
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=duration + 30).stdout
     reqs = int(re.search(r"(\d+) requests in", out).group(1))
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
@@ -247,6 +341,13 @@ def idle_connections(port, n):
     return socks
 
 
+def start_proxy(procs, cmd, tmp, name):
+    p = subprocess.Popen(["taskset", "-c", "0"] + cmd, env=dict(os.environ, RUST_LOG="warn"),
+                         stdout=subprocess.DEVNULL, stderr=open(f"{tmp}/{name}.err", "w"))
+    procs.append(p)
+    return p
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--duration", type=int, default=5)
@@ -254,79 +355,99 @@ def main():
     ap.add_argument("--connections", type=int, default=64)
     ap.add_argument("--idle", type=int, default=1000)
     ap.add_argument("--baseline", help="another gatehouse binary to measure beside this one")
+    ap.add_argument("--no-answers", action="store_true", help="leave out the rows gatehouse answers itself")
     args = ap.parse_args()
     for tool in ("nginx", "wrk", "taskset"):
         if not shutil.which(tool) and not os.path.exists(f"/usr/sbin/{tool}"):
             sys.exit(f"{tool} is needed (apt-get install -y nginx wrk)")
     nginx = shutil.which("nginx") or "/usr/sbin/nginx"
+    haproxy = shutil.which("haproxy") or ("/usr/sbin/haproxy" if os.path.exists("/usr/sbin/haproxy") else None)
     binary = os.path.join(ROOT, "target/release/gatehouse")
     bare = os.path.join(ROOT, "target/release/examples/bare_pingora")
     if not os.path.exists(binary) or os.environ.get("BUILD", "1") == "1":
         subprocess.run(["cargo", "build", "--release", "--bin", "gatehouse", "--example", "bare_pingora"], cwd=ROOT, check=True)
 
-
     tmp = tempfile.mkdtemp(prefix="gatehouse-bench-")
+    # nginx's workers (not root) write the proxy_cache row's files below it
+    os.chmod(tmp, 0o755)
     procs = []
     try:
-        backend_port = free_port()
-        with open(f"{tmp}/backend.conf", "w") as f:
-            f.write(NGINX_BACKEND.format(dir=tmp, port=backend_port))
-        procs.append(subprocess.Popen(["taskset", "-c", "1", nginx, "-c", f"{tmp}/backend.conf", "-p", tmp],
-                                      stderr=subprocess.DEVNULL))
-        wait_port(backend_port)
-
-        proxies = {}
+        backend_port = start_backend(nginx, tmp, procs)
+        # name -> (process, port, headers, path, wrk script); every row is measured in turn
+        rows = {}
         port = free_port()
         with open(f"{tmp}/proxy.conf", "w") as f:
             f.write(NGINX_PROXY.format(dir=tmp, port=port, backend=backend_port))
-        p = subprocess.Popen(["taskset", "-c", "0", nginx, "-c", f"{tmp}/proxy.conf", "-p", tmp], stderr=subprocess.DEVNULL)
-        procs.append(p)
-        proxies["nginx proxy"] = (p, port, [])
+        rows["nginx proxy"] = (start_proxy(procs, [nginx, "-c", f"{tmp}/proxy.conf", "-p", tmp], tmp, "nginx"),
+                               port, [], "/bench", None)
+        port = free_port()
+        with open(f"{tmp}/proxy-cache.conf", "w") as f:
+            f.write(NGINX_PROXY_CACHE.format(dir=tmp, port=port, backend=backend_port))
+        rows["nginx proxy_cache hits"] = (
+            start_proxy(procs, [nginx, "-c", f"{tmp}/proxy-cache.conf", "-p", tmp], tmp, "nginx-cache"),
+            port, [], "/bench", None)
+        if haproxy:
+            port = free_port()
+            with open(f"{tmp}/haproxy.cfg", "w") as f:
+                f.write(HAPROXY.format(port=port, backend=backend_port))
+            rows["HAProxy"] = (start_proxy(procs, [haproxy, "-db", "-f", f"{tmp}/haproxy.cfg"], tmp, "haproxy"),
+                               port, [], "/bench", None)
         if os.path.exists(bare):
             port = free_port()
-            p = subprocess.Popen(["taskset", "-c", "0", bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"],
-                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-            procs.append(p)
-            proxies["bare Pingora (reference)"] = (p, port, [])
+            rows["bare Pingora (reference)"] = (
+                start_proxy(procs, [bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"], tmp, "bare"),
+                port, [], "/bench", None)
         token = jwt()
         builds = [("gatehouse", binary)]
         if args.baseline:
             builds.append(("baseline", os.path.abspath(args.baseline)))
-        rows = [(f"{label} ({what})", exe, chain, log)
-                for label, exe in builds
-                for what, chain, log in [("no plugins", "none", "off"),
-                                         ("full chain", "full", f"{tmp}/{label}-access.log"),
-                                         ("cache hits", "cache", "off")]]
-        for name, exe, chain, log in rows:
+        for label, exe in builds:
+            for what, chain, log in [("no plugins", "none", "off"),
+                                     ("full chain", "full", f"{tmp}/{label}-access.log"),
+                                     ("cache hits", "cache", "off")]:
+                port, admin = free_port(), free_port()
+                cfg = f"{tmp}/{label}-{chain}.yaml"
+                with open(cfg, "w") as f:
+                    f.write(gatehouse_config(port, admin, backend_port, chain, log))
+                headers = []
+                if chain == "full":
+                    headers = [f"Authorization: Bearer {token}", "Origin: https://app.example.com"]
+                rows[f"{label} ({what})"] = (start_proxy(procs, [exe, "run", "-c", cfg], tmp, f"{label}-{chain}"),
+                                             port, headers, "/bench", None)
+        if not args.no_answers:
             port, admin = free_port(), free_port()
-            cfg = f"{tmp}/{name.split()[0]}-{chain}.yaml"
+            cfg = f"{tmp}/answers.yaml"
             with open(cfg, "w") as f:
-                f.write(gatehouse_config(port, admin, backend_port, chain, log))
-            env = dict(os.environ, RUST_LOG="warn")
-            p = subprocess.Popen(["taskset", "-c", "0", exe, "run", "-c", cfg], env=env,
-                                 stdout=subprocess.DEVNULL, stderr=open(f"{cfg}.err", "w"))
-            procs.append(p)
-            headers = []
-            if chain == "full":
-                headers = [f"Authorization: Bearer {token}", "Origin: https://app.example.com"]
-            proxies[name] = (p, port, headers)
-        for _, (p, port, _) in proxies.items():
+                f.write(answers_config(port, admin, backend_port))
+            p = start_proxy(procs, [binary, "run", "-c", cfg], tmp, "answers")
+            for name, path, headers, script in ANSWERS:
+                if script:
+                    script_file = f"{tmp}/{len(rows)}.lua"
+                    with open(script_file, "w") as f:
+                        f.write(script)
+                    script = script_file
+                rows[f"gatehouse {name}"] = (p, port, headers, path, script)
+        for _, (p, port, *_rest) in rows.items():
             wait_port(port)
         time.sleep(2.5)  # first health round, warm pools
 
-        results = {name: [] for name in proxies}
+        results = {name: [] for name in rows}
         direct = []
         for rep in range(args.repeat):
-            for name, (p, port, headers) in proxies.items():
+            for name, (p, port, headers, path, script) in rows.items():
                 before = children_ticks(p.pid)
-                r = run_wrk(port, args.duration, args.connections, headers)
+                r = run_wrk(port, args.duration, args.connections, headers, path, script)
                 after = children_ticks(p.pid)
                 r["cpu_us"] = (after - before) / CLK_TCK / max(r["requests"], 1) * 1e6
                 results[name].append(r)
             direct.append(run_wrk(backend_port, args.duration, args.connections, []))
 
         idle = {}
-        for name, (p, port, _) in proxies.items():
+        seen = set()
+        for name, (p, port, *_rest) in rows.items():
+            if p.pid in seen:
+                continue
+            seen.add(p.pid)
             socks = idle_connections(port, args.idle)
             idle[name] = rss_hwm_kb(p.pid)
             for s in socks:
@@ -337,17 +458,23 @@ def main():
 
         base = results["nginx proxy"]
         b_cpu, b_rps, b_p99 = med(base, "cpu_us"), med(base, "rps"), med(base, "p99")
+        bare_cpu = med(results["bare Pingora (reference)"], "cpu_us") if "bare Pingora (reference)" in results else None
+        own_cpu = med(results["gatehouse (no plugins)"], "cpu_us")
         print(f"\n{args.repeat} interleaved runs of {args.duration}s, {args.connections} connections, medians; "
               f"proxy on core 0, backend + wrk on core 1\n")
-        print(f"| proxy | req/s | p50 us | p99 us | CPU us/req | CPU vs nginx | req/s vs nginx | p99 vs nginx | peak RSS MiB ({args.idle} idle conns) | RSS vs nginx |")
-        print("|---|---|---|---|---|---|---|---|---|---|")
-        for name, rows in results.items():
-            cpu, rps, p99 = med(rows, "cpu_us"), med(rows, "rps"), med(rows, "p99")
-            bad = sum(r["non2xx"] for r in rows)
-            note = f" ({bad} non-2xx!)" if bad else ""
-            print(f"| {name}{note} | {rps:,.0f} | {med(rows, 'p50'):.0f} | {p99:.0f} | {cpu:.1f} | {cpu / b_cpu:.2f}x | "
-                  f"{rps / b_rps:.2f}x | {p99 / b_p99:.2f}x | {idle[name] / 1024:.1f} | {idle[name] / idle['nginx proxy']:.2f}x |")
-        print(f"| backend direct (ceiling) | {med(direct, 'rps'):,.0f} | {med(direct, 'p50'):.0f} | {med(direct, 'p99'):.0f} | | | "
+        print(f"| proxy | req/s | p50 us | p99 us | CPU us/req | CPU vs nginx | CPU vs bare Pingora | "
+              f"CPU vs gatehouse (no plugins) | req/s vs nginx | p99 vs nginx | peak RSS MiB ({args.idle} idle conns) | RSS vs nginx |")
+        print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+        for name, rs in results.items():
+            cpu, rps, p99 = med(rs, "cpu_us"), med(rs, "rps"), med(rs, "p99")
+            bad = sum(r["non2xx"] for r in rs)
+            answered = name.startswith("gatehouse ") and not name.startswith("gatehouse (")
+            note = f" ({bad} non-2xx!)" if bad and not answered else ""
+            vs_bare = f"{cpu / bare_cpu:.2f}x" if bare_cpu else ""
+            rss = f"{idle[name] / 1024:.1f} | {idle[name] / idle['nginx proxy']:.2f}x" if name in idle else " | "
+            print(f"| {name}{note} | {rps:,.0f} | {med(rs, 'p50'):.0f} | {p99:.0f} | {cpu:.1f} | {cpu / b_cpu:.2f}x | "
+                  f"{vs_bare} | {cpu / own_cpu:.2f}x | {rps / b_rps:.2f}x | {p99 / b_p99:.2f}x | {rss} |")
+        print(f"| backend direct (ceiling) | {med(direct, 'rps'):,.0f} | {med(direct, 'p50'):.0f} | {med(direct, 'p99'):.0f} | | | | | "
               f"{med(direct, 'rps') / b_rps:.2f}x | | | |")
     finally:
         stop_all(procs, nginx, tmp)

@@ -22,8 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (NGINX_BACKEND, ROOT, free_port, gatehouse_config, jwt,  # noqa: E402
-                     run_wrk, wait_port)
+from compare import (ANSWERS, NGINX_BACKEND, ROOT, answers_config, free_port,  # noqa: E402
+                     gatehouse_config, jwt, run_wrk, wait_port)
 
 
 def callgrind_total(out_file):
@@ -36,35 +36,52 @@ def callgrind_total(out_file):
     raise RuntimeError(f"no totals in {out_file}")
 
 
-def measure(binary, chain, backend_port, tmp, seconds, headers):
-    port, admin = free_port(), free_port()
-    cfg = f"{tmp}/{os.path.basename(binary)}-{chain}.yaml"
-    with open(cfg, "w") as f:
-        f.write(gatehouse_config(port, admin, backend_port, chain, f"{tmp}/access.log" if chain == "full" else "off"))
-    prefix = f"{tmp}/cg-{os.path.basename(binary)}-{chain}"
-    p = subprocess.Popen(["valgrind", "--tool=callgrind",
-                          f"--callgrind-out-file={prefix}.%p", binary, "run", "-c", cfg],
+def measure(cmd, port, tag, tmp, seconds, headers, path="/bench", script=None, keep=None):
+    """Instructions per request of the process `cmd` (listening on `port`) under callgrind,
+    over a `seconds` wrk run on `path`; with `keep`, its dump is copied there as `tag`.out
+    for callgrind_annotate."""
+    prefix = f"{tmp}/cg-{tag}"
+    p = subprocess.Popen(["valgrind", "--tool=callgrind", f"--callgrind-out-file={prefix}.%p"] + cmd,
                          env=dict(os.environ, RUST_LOG="warn"),
                          stdout=subprocess.DEVNULL, stderr=open(f"{prefix}.err", "w"))
     try:
         wait_port(port, timeout=60)
         time.sleep(3)
-        run_wrk(port, 3, 8, headers)  # warm-up: pools, caches, lazily made series
+        run_wrk(port, 3, 8, headers, path, script)  # warm-up: pools, caches, lazily made series
         subprocess.run(["callgrind_control", "-z", str(p.pid)], check=True, capture_output=True)
-        r = run_wrk(port, seconds, 8, headers)
+        r = run_wrk(port, seconds, 8, headers, path, script)
         subprocess.run(["callgrind_control", "-d", str(p.pid)], check=True, capture_output=True)
         dumps = glob.glob(f"{prefix}.{p.pid}.*")  # the dump made above (the main file is written at exit)
         total = sum(callgrind_total(d) for d in dumps)
+        if keep:
+            for i, d in enumerate(sorted(dumps)):
+                shutil.copy(d, os.path.join(keep, f"{tag}.{i}.out"))
         return total / max(r["requests"], 1), r["requests"], r["non2xx"]
     finally:
         p.send_signal(signal.SIGKILL)
         p.wait()
 
 
+def gatehouse_row(binary, chain, backend_port, tmp):
+    """The command and port of a gatehouse with one of compare.py's configs."""
+    port, admin = free_port(), free_port()
+    cfg = f"{tmp}/{os.path.basename(binary)}-{chain}-{port}.yaml"
+    with open(cfg, "w") as f:
+        if chain == "answers":
+            f.write(answers_config(port, admin, backend_port))
+        else:
+            f.write(gatehouse_config(port, admin, backend_port, chain,
+                                     f"{tmp}/access.log" if chain == "full" else "off"))
+    return [binary, "run", "-c", cfg], port
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--baseline", help="another gatehouse binary to count beside this one")
+    ap.add_argument("--answers", action="store_true",
+                    help="also the answers gatehouse gives itself (401, 429, preflight, 404) and bare Pingora")
+    ap.add_argument("--keep", help="a directory to keep the callgrind dumps in (for callgrind_annotate)")
     args = ap.parse_args()
     for tool in ("valgrind", "callgrind_control", "wrk"):
         if not shutil.which(tool):
@@ -73,6 +90,8 @@ def main():
     builds = [("gatehouse", os.path.join(ROOT, "target/release/gatehouse"))]
     if args.baseline:
         builds.append(("baseline", os.path.abspath(args.baseline)))
+    if args.keep:
+        os.makedirs(args.keep, exist_ok=True)
     tmp = tempfile.mkdtemp(prefix="gatehouse-cg-")
     backend = None
     try:
@@ -82,15 +101,34 @@ def main():
         backend = subprocess.Popen([nginx, "-c", f"{tmp}/backend.conf", "-p", tmp], stderr=subprocess.DEVNULL)
         wait_port(backend_port)
         token = jwt()
+        # (row, chain, headers, path, wrk script)
+        rows = [("no plugins", "none", [], "/bench", None),
+                ("full chain", "full", [f"Authorization: Bearer {token}", "Origin: https://app.example.com"], "/bench", None),
+                ("cache hits", "cache", [], "/bench", None)]
+        if args.answers:
+            for name, path, headers, script in ANSWERS:
+                if script:
+                    script_file = f"{tmp}/{len(rows)}.lua"
+                    with open(script_file, "w") as f:
+                        f.write(script)
+                    script = script_file
+                rows.append((name, "answers", headers, path, script))
         print(f"\ninstructions per request under callgrind ({args.seconds}s wrk run, 8 connections)\n")
         print("| config | " + " | ".join(label for label, _ in builds) + (" | change |" if args.baseline else " |"))
         print("|---|" + "---|" * (len(builds) + (1 if args.baseline else 0)))
-        for what, chain in [("no plugins", "none"), ("full chain", "full"), ("cache hits", "cache")]:
-            headers = [f"Authorization: Bearer {token}", "Origin: https://app.example.com"] if chain == "full" else []
+        if args.answers:
+            bare = os.path.join(ROOT, "target/release/examples/bare_pingora")
+            port = free_port()
+            per, _, _ = measure([bare, f"127.0.0.1:{port}", f"127.0.0.1:{backend_port}"], port, "bare-pingora",
+                                tmp, args.seconds, [], keep=args.keep)
+            print(f"| bare Pingora (reference) | {per / 1000:.1f}k |" + (" | |" if args.baseline else ""))
+        for what, chain, headers, path, script in rows:
             counts = []
-            for _, binary in builds:
-                per, n, bad = measure(binary, chain, backend_port, tmp, args.seconds, headers)
-                if bad:
+            for label, binary in builds:
+                cmd, port = gatehouse_row(binary, chain, backend_port, tmp)
+                tag = f"{label}-{what}".replace(" ", "-").replace("(", "").replace(")", "")
+                per, n, bad = measure(cmd, port, tag, tmp, args.seconds, headers, path, script, args.keep)
+                if bad and chain != "answers":
                     sys.exit(f"{binary} {chain}: {bad} non-2xx responses")
                 counts.append(per)
             cells = " | ".join(f"{c / 1000:.1f}k" for c in counts)
