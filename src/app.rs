@@ -148,9 +148,7 @@ fn proxy_service(
     let guarded = Guarded::new(
         http,
         Arc::clone(state),
-        metrics.connections.active.with_label_values(&["proxy"]),
-        metrics.connections.accepted.with_label_values(&["proxy"]),
-        metrics.connections.refused.clone(),
+        &metrics.connections,
         metrics.tls.clone(),
         Arc::clone(&blocklist),
     );

@@ -46,6 +46,8 @@ pub(crate) struct ConnectionMetrics {
     /// Connections the guard closed on its own, by reason (`max_connections`, `blocked`,
     /// `h2_control_frames`).
     pub(crate) refused: IntCounterVec,
+    /// HTTP/1 connections whose next request waited `limits.pause_after_429` after a 429.
+    pub(crate) paused: IntCounter,
 }
 
 /// Series of HTTPS listeners.
@@ -409,6 +411,10 @@ impl ConnectionMetrics {
                 "Client connections closed by the gateway's connection guard, by reason.",
                 &["reason"],
             )?,
+            paused: IntCounter::new(
+                "gatehouse_connections_paused_total",
+                "Times an HTTP/1 connection answered 429 waited limits.pause_after_429 before its next request was read.",
+            )?,
         };
         register(
             registry,
@@ -416,6 +422,7 @@ impl ConnectionMetrics {
                 Box::new(m.active.clone()),
                 Box::new(m.accepted.clone()),
                 Box::new(m.refused.clone()),
+                Box::new(m.paused.clone()),
             ],
         )?;
         for reason in [

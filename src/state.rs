@@ -84,6 +84,9 @@ pub struct ServerSettings {
     /// of a connection that broke it is refused (`proxy::abuse`).
     pub h2_control_frames_per_second: u32,
     pub abuse_block: std::time::Duration,
+    /// How long an HTTP/1 connection that was just answered 429 waits before its next
+    /// request is read (`proxy::conn`).
+    pub pause_after_429: std::time::Duration,
     /// The headers that pass a verified client certificate upstream.
     pub client_cert_headers: ClientCertHeaders,
 }

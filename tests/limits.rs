@@ -617,3 +617,44 @@ async fn stalled_request_body_ends_at_body_read_timeout() {
         "an incomplete body never completes a request upstream"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_answered_429_pauses_before_its_next_request() {
+    let b = TestUpstream::start("b").await;
+    let routes = "  - id: all\n    upstream: up\n    plugins:\n      - rate_limit: { key: client_ip, requests: 1, per: 1h }\n";
+    let pause = Duration::from_millis(400);
+    let gw =
+        TestGateway::start(|p| cfg(p, &b, "  limits: { pause_after_429: 400ms }\n", routes, ""))
+            .await;
+    // one keep-alive connection (the client's pool): 200, then 429s
+    assert_eq!(status(&gw, "/", &[]).await.status(), 200);
+    assert_eq!(status(&gw, "/", &[]).await.status(), 429);
+    for _ in 0..2 {
+        let t = Instant::now();
+        let r = status(&gw, "/", &[]).await;
+        assert_eq!(r.status(), 429);
+        // the connection was read again only after the pause that followed the last 429
+        assert!(
+            t.elapsed() >= pause - Duration::from_millis(50),
+            "the next request was read {:?} after a 429",
+            t.elapsed()
+        );
+        r.bytes().await.unwrap();
+    }
+    // the third pause starts once the third 429 is written
+    let counted = eventually(Duration::from_secs(5), || async {
+        gw.metric("gatehouse_connections_paused_total").await == 3.0
+    })
+    .await;
+    assert!(counted, "three pauses were not counted");
+    assert_eq!(b.hits(), 1, "refused requests never went upstream");
+    drop(gw);
+
+    // `0s`: no pause, nothing counted
+    let gw =
+        TestGateway::start(|p| cfg(p, &b, "  limits: { pause_after_429: 0s }\n", routes, "")).await;
+    for expected in [200, 429, 429, 429] {
+        assert_eq!(status(&gw, "/", &[]).await.status(), expected);
+    }
+    assert_eq!(gw.metric("gatehouse_connections_paused_total").await, 0.0);
+}

@@ -283,6 +283,11 @@ pub struct RawLimits {
     /// only closes the connection.
     #[serde(default = "default_abuse_block")]
     pub abuse_block: Dur,
+    /// After the gateway answers 429 on an HTTP/1 keep-alive connection, its next request is
+    /// read only after this pause (`0s`: none), so a client flooding a limited route cannot
+    /// take the worker from the others.
+    #[serde(default = "default_pause_after_429")]
+    pub pause_after_429: Dur,
 }
 
 fn default_h2_control_frames() -> u32 {
@@ -290,6 +295,9 @@ fn default_h2_control_frames() -> u32 {
 }
 fn default_abuse_block() -> Dur {
     Dur(std::time::Duration::from_secs(10))
+}
+fn default_pause_after_429() -> Dur {
+    Dur(std::time::Duration::from_millis(10))
 }
 
 fn default_max_body() -> NonZeroSize {
@@ -322,6 +330,7 @@ impl Default for RawLimits {
             max_connections: default_max_conns(),
             h2_control_frames_per_second: default_h2_control_frames(),
             abuse_block: default_abuse_block(),
+            pause_after_429: default_pause_after_429(),
         }
     }
 }

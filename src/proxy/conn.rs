@@ -64,6 +64,8 @@ pub struct Guarded<A> {
     pub(crate) blocklist: Arc<Blocklist>,
     /// `gatehouse_connections_refused_total{reason}`
     pub(crate) refused: prometheus::IntCounterVec,
+    /// `gatehouse_connections_paused_total`
+    pub(crate) paused: prometheus::IntCounter,
 }
 
 /// The first bytes of every HTTP/2 connection (RFC 9113, 3.4).
@@ -78,21 +80,20 @@ impl<A> Guarded<A> {
     pub(crate) fn new(
         inner: A,
         state: Arc<SharedState>,
-        active_gauge: prometheus::IntGauge,
-        accepted: prometheus::IntCounter,
-        refused: prometheus::IntCounterVec,
+        conns: &crate::metrics::ConnectionMetrics,
         tls_metrics: crate::metrics::TlsMetrics,
         blocklist: Arc<Blocklist>,
     ) -> Self {
         Guarded {
             blocklist,
-            refused,
+            refused: conns.refused.clone(),
+            paused: conns.paused.clone(),
             tls_metrics,
             inner: Arc::new(inner),
             state,
             active: Arc::new(AtomicUsize::new(0)),
-            active_gauge,
-            accepted,
+            active_gauge: conns.active.with_label_values(&["proxy"]),
+            accepted: conns.accepted.with_label_values(&["proxy"]),
             closed: std::sync::atomic::AtomicBool::new(false),
             idle_close: Notify::new(),
         }
@@ -400,6 +401,15 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                 .consume();
             hd = stream.into_any().downcast::<HeadDeadline>().ok()?;
             reused = Some(settings);
+            if hd.answered_429.swap(false, Ordering::Relaxed) {
+                // a client told to slow down is read again only after a pause: flooding a
+                // limited route then cannot keep the worker from the other connections
+                let pause = self.state.snapshot().server.pause_after_429;
+                if !pause.is_zero() {
+                    self.paused.inc();
+                    tokio::time::sleep(pause).await;
+                }
+            }
         }
     }
 }
@@ -448,6 +458,8 @@ pub struct HeadDeadline {
     own_reply: Option<(Vec<u8>, usize)>,
     /// An HTTP/2 connection's control-frame budget.
     h2: Option<Box<H2Watch>>,
+    /// The gateway answered the current request 429 (`limits.pause_after_429`).
+    answered_429: AtomicBool,
 }
 
 /// The h2 control-frame budget of one connection, and whom to block when it is spent.
@@ -535,7 +547,13 @@ impl HeadDeadline {
             admitted: AtomicBool::new(false),
             own_reply: None,
             h2: None,
+            answered_429: AtomicBool::new(false),
         }
+    }
+
+    /// The current request was answered 429: the connection pauses before its next one.
+    pub fn answered_429(&self) {
+        self.answered_429.store(true, Ordering::Relaxed);
     }
 
     /// The current request reached the gateway's hooks.

@@ -25,6 +25,14 @@ pub(super) fn host_of(s: &Session) -> Option<&str> {
 /// Counts the finished request and writes its access log entry.
 pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
     let status = s.response_written().map_or(0, |r| r.status.as_u16());
+    // the gateway's own 429 (a backend's is passed on as it is)
+    if status == 429 && ctx.failure.is_some() {
+        if let Some(hd) = (s.as_downstream().stream())
+            .and_then(|st| (**st).as_any().downcast_ref::<super::conn::HeadDeadline>())
+        {
+            hd.answered_429();
+        }
+    }
     let elapsed = ctx.start.elapsed();
     let method = &s.req_header().method;
     match &ctx.route {

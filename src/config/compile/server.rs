@@ -102,6 +102,11 @@ pub(super) fn compile_server(
             "a non-empty list of increasing positive seconds",
         );
     }
+    s.check(
+        lim.pause_after_429.0 <= std::time::Duration::from_secs(1),
+        "limits.pause_after_429",
+        "at most 1s",
+    );
     let client_cert_headers = client_cert_headers(&raw.client_cert_headers, s);
     ServerSettings {
         client_cert_headers,
@@ -114,6 +119,7 @@ pub(super) fn compile_server(
         max_connections: lim.max_connections.get(),
         h2_control_frames_per_second: lim.h2_control_frames_per_second,
         abuse_block: lim.abuse_block.0,
+        pause_after_429: lim.pause_after_429.0,
     }
 }
 
@@ -183,6 +189,7 @@ mod tests {
         assert!(s.is_trusted("192.0.2.7".parse().unwrap()));
         assert!(!s.is_trusted("192.0.2.8".parse().unwrap()));
         assert_eq!(s.max_headers, 5);
+        assert_eq!(s.pause_after_429, std::time::Duration::from_millis(10));
     }
 
     #[test]
@@ -197,6 +204,10 @@ mod tests {
         assert_eq!(
             errors("{listen: []}"),
             ["server.listen: needs at least one address"]
+        );
+        assert_eq!(
+            errors("{limits: {pause_after_429: 2s}}"),
+            ["server.limits.pause_after_429: at most 1s"]
         );
         assert_eq!(
             errors("{limits: {max_headers: 300}, latency_buckets: [1, 0.5], access_log: \" \"}"),
