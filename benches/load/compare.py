@@ -212,9 +212,10 @@ backend backend
 """
 
 
-def answers_config(port, admin, backend):
+def answers_config(port, admin, backend, limits=""):
     """One gatehouse whose routes answer by themselves: /jwt without a token (401), /limited
-    past its limit (429), /cors preflights (204), any other path (404); /bench proxies."""
+    past its limit (429), /cors preflights (204), any other path (404); /bench proxies.
+    `limits`: more `server.limits` fields (", name: value")."""
     return f"""server:
   listen: ["127.0.0.1:{port}"]
   threads: 1
@@ -222,7 +223,7 @@ def answers_config(port, admin, backend):
   access_log: off
   watch_config: false
   log_level: warn
-  limits: {{ max_connections: 100000 }}
+  limits: {{ max_connections: 100000{limits} }}
 admin:
   listen: "127.0.0.1:{admin}"
 upstreams:

@@ -93,13 +93,16 @@ def main():
         procs.append(subprocess.Popen(["taskset", "-c", "0", nginx, "-c", f"{tmp}/limited.conf", "-p", tmp],
                                       stderr=subprocess.DEVNULL))
         rows["nginx (limit_req)"] = (procs[-1], port)
-        port, admin = free_port(), free_port()
-        with open(f"{tmp}/gatehouse.yaml", "w") as f:
-            f.write(answers_config(port, admin, backend))
-        procs.append(subprocess.Popen(["taskset", "-c", "0", binary, "run", "-c", f"{tmp}/gatehouse.yaml"],
-                                      env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL,
-                                      stderr=open(f"{tmp}/gatehouse.err", "w")))
-        rows["gatehouse (rate_limit)"] = (procs[-1], port)
+        for name, limits in [("gatehouse (rate_limit, pause_after_429: 10ms, the default)", ""),
+                             ("gatehouse (rate_limit, pause_after_429: 0s)", ", pause_after_429: 0s")]:
+            port, admin = free_port(), free_port()
+            cfg = f"{tmp}/gatehouse-{len(rows)}.yaml"
+            with open(cfg, "w") as f:
+                f.write(answers_config(port, admin, backend, limits))
+            procs.append(subprocess.Popen(["taskset", "-c", "0", binary, "run", "-c", cfg],
+                                          env=dict(os.environ, RUST_LOG="warn"), stdout=subprocess.DEVNULL,
+                                          stderr=open(f"{cfg}.err", "w")))
+            rows[name] = (procs[-1], port)
         for _, (_, port) in rows.items():
             wait_port(port)
         time.sleep(2.5)
