@@ -212,15 +212,30 @@ backend backend
 """
 
 
-def answers_config(port, admin, backend, limits=""):
-    """One gatehouse whose routes answer by themselves: /jwt without a token (401), /limited
-    past its limit (429), /cors preflights (204), any other path (404); /bench proxies.
+# `server.limits` for the answers rows: a 429 measured without the pause that follows it
+NO_PAUSE = ", pause_after_429: 0s"
+
+
+def answer_rows(tmp):
+    """ANSWERS as (name, path, headers, wrk script file or None), the scripts written to `tmp`."""
+    rows = []
+    for i, (name, path, headers, script) in enumerate(ANSWERS):
+        if script:
+            with open(f"{tmp}/answer-{i}.lua", "w") as f:
+                f.write(script)
+            script = f"{tmp}/answer-{i}.lua"
+        rows.append((name, path, headers, script))
+    return rows
+
+
+def gatehouse_head(port, admin, backend, access_log="off", limits=""):
+    """The benchmarks' gatehouse config up to `routes:` (one worker, one upstream `backend`);
     `limits`: more `server.limits` fields (", name: value")."""
     return f"""server:
   listen: ["127.0.0.1:{port}"]
   threads: 1
   grace_period: 1s
-  access_log: off
+  access_log: {access_log}
   watch_config: false
   log_level: warn
   limits: {{ max_connections: 100000{limits} }}
@@ -231,7 +246,14 @@ upstreams:
     backends: ["127.0.0.1:{backend}"]
     pool: {{ max_idle: 256 }}
 routes:
-  - id: bench
+"""
+
+
+def answers_config(port, admin, backend, limits=""):
+    """One gatehouse whose routes answer by themselves: /jwt without a token (401), /limited
+    past its limit (429), /cors preflights (204), any other path (404); /bench proxies.
+    `limits`: more `server.limits` fields (", name: value")."""
+    return gatehouse_head(port, admin, backend, limits=limits) + f"""  - id: bench
     match: {{ path_prefix: /bench }}
     upstream: backend
   - id: jwt
@@ -275,22 +297,7 @@ def gatehouse_config(port, admin, backend, chain, access_log):
         plugins = """    plugins:
       - cache: { default_ttl: 3600s }
 """
-    return f"""server:
-  listen: ["127.0.0.1:{port}"]
-  threads: 1
-  grace_period: 1s
-  access_log: {access_log}
-  watch_config: false
-  log_level: warn
-  limits: {{ max_connections: 100000 }}
-admin:
-  listen: "127.0.0.1:{admin}"
-upstreams:
-  backend:
-    backends: ["127.0.0.1:{backend}"]
-    pool: {{ max_idle: 256 }}
-routes:
-  - id: bench
+    return gatehouse_head(port, admin, backend, access_log) + f"""  - id: bench
     upstream: backend
 {plugins}"""
 
@@ -419,14 +426,10 @@ def main():
             port, admin = free_port(), free_port()
             cfg = f"{tmp}/answers.yaml"
             with open(cfg, "w") as f:
-                f.write(answers_config(port, admin, backend_port))
+                # what an answer costs, not the pause after a 429 (flood.py measures that)
+                f.write(answers_config(port, admin, backend_port, NO_PAUSE))
             p = start_proxy(procs, [binary, "run", "-c", cfg], tmp, "answers")
-            for name, path, headers, script in ANSWERS:
-                if script:
-                    script_file = f"{tmp}/{len(rows)}.lua"
-                    with open(script_file, "w") as f:
-                        f.write(script)
-                    script = script_file
+            for name, path, headers, script in answer_rows(tmp):
                 rows[f"gatehouse {name}"] = (p, port, headers, path, script)
         for _, (p, port, *_rest) in rows.items():
             wait_port(port)

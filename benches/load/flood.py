@@ -23,7 +23,7 @@ import threading
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (CLK_TCK, answers_config, children_ticks, free_port,  # noqa: E402
+from compare import (CLK_TCK, NO_PAUSE, answers_config, children_ticks, free_port,  # noqa: E402
                      release_gatehouse, run_wrk, start_backend, stop_all, wait_port)
 
 NGINX_LIMITED = """
@@ -94,7 +94,7 @@ def main():
                                       stderr=subprocess.DEVNULL))
         rows["nginx (limit_req)"] = (procs[-1], port)
         for name, limits in [("gatehouse (rate_limit, pause_after_429: 10ms, the default)", ""),
-                             ("gatehouse (rate_limit, pause_after_429: 0s)", ", pause_after_429: 0s")]:
+                             ("gatehouse (rate_limit, pause_after_429: 0s)", NO_PAUSE)]:
             port, admin = free_port(), free_port()
             cfg = f"{tmp}/gatehouse-{len(rows)}.yaml"
             with open(cfg, "w") as f:

@@ -22,8 +22,8 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (ANSWERS, NGINX_BACKEND, ROOT, answers_config, free_port,  # noqa: E402
-                     gatehouse_config, jwt, run_wrk, wait_port)
+from compare import (NGINX_BACKEND, NO_PAUSE, ROOT, answer_rows, answers_config,  # noqa: E402
+                     free_port, gatehouse_config, jwt, run_wrk, wait_port)
 
 
 def callgrind_total(out_file):
@@ -68,7 +68,7 @@ def gatehouse_row(binary, chain, backend_port, tmp):
     cfg = f"{tmp}/{os.path.basename(binary)}-{chain}-{port}.yaml"
     with open(cfg, "w") as f:
         if chain == "answers":
-            f.write(answers_config(port, admin, backend_port))
+            f.write(answers_config(port, admin, backend_port, NO_PAUSE))
         else:
             f.write(gatehouse_config(port, admin, backend_port, chain,
                                      f"{tmp}/access.log" if chain == "full" else "off"))
@@ -106,12 +106,7 @@ def main():
                 ("full chain", "full", [f"Authorization: Bearer {token}", "Origin: https://app.example.com"], "/bench", None),
                 ("cache hits", "cache", [], "/bench", None)]
         if args.answers:
-            for name, path, headers, script in ANSWERS:
-                if script:
-                    script_file = f"{tmp}/{len(rows)}.lua"
-                    with open(script_file, "w") as f:
-                        f.write(script)
-                    script = script_file
+            for name, path, headers, script in answer_rows(tmp):
                 rows.append((name, "answers", headers, path, script))
         print(f"\ninstructions per request under callgrind ({args.seconds}s wrk run, 8 connections)\n")
         print("| config | " + " | ".join(label for label, _ in builds) + (" | change |" if args.baseline else " |"))

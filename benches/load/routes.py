@@ -18,28 +18,13 @@ import tempfile
 import time
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from compare import (CLK_TCK, children_ticks, free_port, release_gatehouse,  # noqa: E402
-                     run_wrk, start_backend, stop_all, wait_port)
+from compare import (CLK_TCK, children_ticks, free_port, gatehouse_head,  # noqa: E402
+                     release_gatehouse, run_wrk, start_backend, stop_all, wait_port)
 
 
 def config(port, admin, backend, n):
-    routes = "".join(f"  - {{ id: r{i}, match: {{ path_prefix: /r{i}/ }}, upstream: backend }}\n" for i in range(n))
-    return f"""server:
-  listen: ["127.0.0.1:{port}"]
-  threads: 1
-  grace_period: 1s
-  access_log: off
-  watch_config: false
-  log_level: warn
-  limits: {{ max_connections: 100000 }}
-admin:
-  listen: "127.0.0.1:{admin}"
-upstreams:
-  backend:
-    backends: ["127.0.0.1:{backend}"]
-    pool: {{ max_idle: 256 }}
-routes:
-{routes}"""
+    return gatehouse_head(port, admin, backend) + "".join(
+        f"  - {{ id: r{i}, match: {{ path_prefix: /r{i}/ }}, upstream: backend }}\n" for i in range(n))
 
 
 def main():
