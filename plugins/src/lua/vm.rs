@@ -672,6 +672,26 @@ fn view<R>(lua: &Lua, f: impl FnOnce(&mut View) -> mlua::Result<R>) -> mlua::Res
     f(&mut v)
 }
 
+/// A setter allowed in the `access` phase only: `check` turns the script's string into the
+/// value (or says why it is not one), `set` keeps it for the proxy.
+fn access_setter<T: 'static>(
+    lua: &Lua,
+    what: &'static str,
+    check: fn(&str) -> Result<T, &'static str>,
+    set: fn(&mut Out, T),
+) -> mlua::Result<Function> {
+    lua.create_function(move |lua, s: mlua::LuaString| {
+        let s = s.to_str()?;
+        let value = check(&s)
+            .map_err(|why| mlua::Error::runtime(format!("{what}: '{}' {why}", truncate(&s, 64))))?;
+        view(lua, |v| {
+            v.in_phase(&[Phase::Access], what)?;
+            set(&mut v.out, value);
+            Ok(())
+        })
+    })
+}
+
 fn header_name(name: &[u8], what: &str) -> mlua::Result<HeaderName> {
     HeaderName::from_bytes(name).map_err(|_| {
         mlua::Error::runtime(format!(
@@ -1003,50 +1023,41 @@ fn api(lua: &Lua, route: Arc<str>) -> mlua::Result<Table> {
     )?;
     service_request.raw_set(
         "set_path",
-        lua.create_function(|lua, path: mlua::LuaString| {
-            let p = path.to_str()?.to_string();
-            if !p.starts_with('/') || p.contains('?') || http::uri::PathAndQuery::try_from(p.as_str()).is_err() {
-                return Err(mlua::Error::runtime(format!(
-                    "gatehouse.service.request.set_path: '{}' is not a valid path (it starts with '/', has no '?')",
-                    truncate(&p, 64)
-                )));
-            }
-            view(lua, |v| {
-                v.in_phase(&[Access], "gatehouse.service.request.set_path")?;
-                v.out.path = Some(p);
-                Ok(())
-            })
-        })?,
+        access_setter(
+            lua,
+            "gatehouse.service.request.set_path",
+            |p| {
+                let valid = p.starts_with('/')
+                    && !p.contains('?')
+                    && http::uri::PathAndQuery::try_from(p).is_ok();
+                valid
+                    .then(|| p.to_string())
+                    .ok_or("is not a valid path (it starts with '/', has no '?')")
+            },
+            |out, p| out.path = Some(p),
+        )?,
     )?;
     service_request.raw_set(
         "set_raw_query",
-        lua.create_function(|lua, query: mlua::LuaString| {
-            let q = query.to_str()?.to_string();
-            if q.contains('#')
-                || http::uri::PathAndQuery::try_from(format!("/?{q}").as_str()).is_err()
-            {
-                return Err(mlua::Error::runtime(format!(
-                    "gatehouse.service.request.set_raw_query: '{}' is not a valid query",
-                    truncate(&q, 64)
-                )));
-            }
-            view(lua, |v| {
-                v.in_phase(&[Access], "gatehouse.service.request.set_raw_query")?;
-                v.out.query = Some(q);
-                Ok(())
-            })
-        })?,
+        access_setter(
+            lua,
+            "gatehouse.service.request.set_raw_query",
+            |q| {
+                let valid = !q.contains('#')
+                    && http::uri::PathAndQuery::try_from(format!("/?{q}").as_str()).is_ok();
+                valid.then(|| q.to_string()).ok_or("is not a valid query")
+            },
+            |out, q| out.query = Some(q),
+        )?,
     )?;
     service.raw_set(
         "set_upstream",
-        lua.create_function(|lua, name: mlua::LuaString| {
-            let n: Arc<str> = Arc::from(&*name.to_str()?);
-            view(lua, |v| {
-                v.in_phase(&[Access], "gatehouse.service.set_upstream")?;
-                v.out.upstream_choice = Some(n);
-                Ok(())
-            })
-        })?,
+        access_setter(
+            lua,
+            "gatehouse.service.set_upstream",
+            |n| Ok(Arc::<str>::from(n)),
+            |out, n| out.upstream_choice = Some(n),
+        )?,
     )?;
     service.raw_set("request", service_request)?;
 
