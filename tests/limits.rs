@@ -642,10 +642,13 @@ async fn a_connection_answered_429_pauses_before_its_next_request() {
         r.bytes().await.unwrap();
     }
     // the third pause starts once the third 429 is written
-    let counted = eventually(Duration::from_secs(5), || async {
-        gw.metric("gatehouse_connections_paused_total").await == 3.0
-    })
-    .await;
+    let counted = gw
+        .metric_reaches(
+            "gatehouse_connections_paused_total",
+            3.0,
+            Duration::from_secs(5),
+        )
+        .await;
     assert!(counted, "three pauses were not counted");
     assert_eq!(b.hits(), 1, "refused requests never went upstream");
     drop(gw);

@@ -434,10 +434,8 @@ async fn series_exist_from_the_start_and_leave_with_what_they_describe() {
     );
     gw.write_config(&next);
     assert!(
-        eventually(Duration::from_secs(5), || async {
-            gw.metric("gatehouse_config_version").await == 2.0
-        })
-        .await,
+        gw.metric_reaches("gatehouse_config_version", 2.0, Duration::from_secs(5))
+            .await,
         "reload not applied: {}",
         gw.stderr()
     );

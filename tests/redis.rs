@@ -73,10 +73,8 @@ async fn three_gateways(up: &TestUpstream, redis: &TestRedis, routes: &str) -> [
     ];
     for g in &gws {
         assert!(
-            common::eventually(Duration::from_secs(5), || async {
-                g.metric("gatehouse_redis_instances").await == 3.0
-            })
-            .await,
+            g.metric_reaches("gatehouse_redis_instances", 3.0, Duration::from_secs(5))
+                .await,
             "instances not seen"
         );
     }
@@ -283,10 +281,9 @@ async fn on_error_allow_admits_and_local_enforces_a_share() {
     let local = gateway(&up, &redis, "  timeout: 50ms\n  on_error: local\n", routes).await;
     // both registered: the local share is ceil(4 / 2) = 2
     assert!(
-        common::eventually(Duration::from_secs(5), || async {
-            local.metric("gatehouse_redis_instances").await == 2.0
-        })
-        .await
+        local
+            .metric_reaches("gatehouse_redis_instances", 2.0, Duration::from_secs(5))
+            .await
     );
     redis.pause();
     let seen = during_hang(&allow, 10, Duration::from_millis(750)).await;
@@ -360,10 +357,8 @@ async fn rediss_with_a_private_ca_and_a_client_certificate() {
     .await;
     // the link connects in the background: wait until it is up
     assert!(
-        common::eventually(Duration::from_secs(10), || async {
-            gw.metric("gatehouse_redis_up").await == 1.0
-        })
-        .await,
+        gw.metric_reaches("gatehouse_redis_up", 1.0, Duration::from_secs(10))
+            .await,
         "{}",
         gw.stderr()
     );
@@ -479,10 +474,8 @@ async fn a_purge_reaches_every_instance_and_a_cut_off_one_replays_or_flushes() {
     // every feed is reading before the first purge
     for g in all {
         assert!(
-            common::eventually(Duration::from_secs(5), || async {
-                g.metric("gatehouse_cache_purge_feed_up").await == 1.0
-            })
-            .await
+            g.metric_reaches("gatehouse_cache_purge_feed_up", 1.0, Duration::from_secs(5))
+                .await
         );
     }
     for g in all {
@@ -521,10 +514,8 @@ async fn a_purge_reaches_every_instance_and_a_cut_off_one_replays_or_flushes() {
     }
     relay.cut();
     assert!(
-        common::eventually(Duration::from_secs(5), || async {
-            c.metric("gatehouse_cache_purge_feed_up").await == 0.0
-        })
-        .await
+        c.metric_reaches("gatehouse_cache_purge_feed_up", 0.0, Duration::from_secs(5))
+            .await
     );
     assert_eq!(purge(&a, "/y").await["propagated"], true);
     assert!(is_hit(&c, "/y").await, "C cannot have heard of it yet");
@@ -548,20 +539,18 @@ async fn a_purge_reaches_every_instance_and_a_cut_off_one_replays_or_flushes() {
     cache_status(&c, "/y").await;
     relay.cut();
     assert!(
-        common::eventually(Duration::from_secs(5), || async {
-            c.metric("gatehouse_cache_purge_feed_up").await == 0.0
-        })
-        .await
+        c.metric_reaches("gatehouse_cache_purge_feed_up", 0.0, Duration::from_secs(5))
+            .await
     );
     assert_eq!(purge(&a, "/w").await["propagated"], true);
     redis.cmd(&["XTRIM", "gh:cache:purge", "MAXLEN", "0"]);
     relay.restore();
     assert!(
-        common::eventually(Duration::from_secs(5), || async {
-            c.metric("gatehouse_cache_flushes_total{reason=\"gap\"}")
-                .await
-                == 1.0
-        })
+        c.metric_reaches(
+            "gatehouse_cache_flushes_total{reason=\"gap\"}",
+            1.0,
+            Duration::from_secs(5)
+        )
         .await,
         "no flush after a gap"
     );
@@ -578,20 +567,18 @@ async fn a_redis_restart_empties_every_cache_and_purges_say_when_not_propagated(
     let up = TestUpstream::start("up").await;
     let gw = caching_gateway(&up, &redis.url()).await;
     assert!(
-        common::eventually(Duration::from_secs(5), || async {
-            gw.metric("gatehouse_cache_purge_feed_up").await == 1.0
-        })
-        .await
+        gw.metric_reaches("gatehouse_cache_purge_feed_up", 1.0, Duration::from_secs(5))
+            .await
     );
     cache_status(&gw, "/r").await;
     assert!(is_hit(&gw, "/r").await);
     redis.restart();
     assert!(
-        common::eventually(Duration::from_secs(10), || async {
-            gw.metric("gatehouse_cache_flushes_total{reason=\"restart\"}")
-                .await
-                == 1.0
-        })
+        gw.metric_reaches(
+            "gatehouse_cache_flushes_total{reason=\"restart\"}",
+            1.0,
+            Duration::from_secs(10)
+        )
         .await,
         "no flush after Redis restarted"
     );

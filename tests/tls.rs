@@ -259,10 +259,9 @@ async fn a_stalled_handshake_is_cut_at_its_timeout() {
     let listener = format!("listener=\"127.0.0.1:{https}\"");
     let timeouts = format!("gatehouse_tls_handshakes_total{{{listener},result=\"timeout\"}}");
     // counted as the connection is dropped: the client may see the close first
-    let counted = common::eventually(Duration::from_secs(3), || async {
-        gw.metric(&timeouts).await == 1.0
-    })
-    .await;
+    let counted = gw
+        .metric_reaches(&timeouts, 1.0, Duration::from_secs(3))
+        .await;
     assert!(counted, "{}", gw.metrics().await);
 }
 
@@ -633,10 +632,9 @@ async fn a_flood_of_half_open_handshakes_is_bounded_and_cut() {
     }
     assert!(most <= 200.0, "{most} connections served at once");
     // all cut at the handshake timeout: the server closes every one of them
-    let closed = common::eventually(Duration::from_secs(10), || async {
-        gw.metric(active).await == 0.0
-    })
-    .await;
+    let closed = gw
+        .metric_reaches(active, 0.0, Duration::from_secs(10))
+        .await;
     assert!(closed, "half-open handshakes were not all cut");
     let listener = format!("listener=\"127.0.0.1:{https}\"");
     let timeouts = format!("gatehouse_tls_handshakes_total{{{listener},result=\"timeout\"}}");

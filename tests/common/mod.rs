@@ -515,6 +515,11 @@ impl TestGateway {
         read()
     }
     /// Value of a metric line that starts with `prefix` (e.g. `name{labels}`), or 0.
+    /// Waits (at most `max`) until [`Self::metric`] of `prefix` reads `value`; whether it did.
+    pub async fn metric_reaches(&self, prefix: &str, value: f64, max: Duration) -> bool {
+        eventually(max, || async { self.metric(prefix).await == value }).await
+    }
+
     pub async fn metric(&self, prefix: &str) -> f64 {
         let m = self.metrics().await;
         m.lines()
