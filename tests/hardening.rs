@@ -111,6 +111,19 @@ async fn read_request(
     Ok(Some((lines[0].to_string(), body)))
 }
 
+/// A gateway in front of the strict backend at `backend` with no retries (a refused or broken
+/// request must reach the backend once or not at all) and `route` as its one route.
+async fn strict_gateway(backend: SocketAddr, route: &str) -> TestGateway {
+    TestGateway::start(|p| {
+        common::simple_config(
+            p,
+            &format!("  up:\n    backends: [\"{backend}\"]\n    retry: {{ attempts: 0 }}\n"),
+            route,
+        )
+    })
+    .await
+}
+
 /// The strict backend on 127.0.0.1: answers every well-framed request 200 `ok`.
 async fn strict_backend() -> (SocketAddr, Log, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -352,14 +365,7 @@ fn corpus() -> Vec<(&'static str, Vec<u8>, Option<u16>)> {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn hostile_requests_are_refused_or_forwarded_well_framed() {
     let (backend, log, _task) = strict_backend().await;
-    let gw = TestGateway::start(|p| {
-        common::simple_config(
-            p,
-            &format!("  up:\n    backends: [\"{backend}\"]\n    retry: {{ attempts: 0 }}\n"),
-            "  - { id: all, upstream: up }\n",
-        )
-    })
-    .await;
+    let gw = strict_gateway(backend, "  - { id: all, upstream: up }\n").await;
     let ngx = nginx(backend);
     let mut report = Vec::new();
     for (name, bytes, want) in corpus() {
@@ -475,13 +481,10 @@ async fn pipelined_requests_get_an_honest_connection_header() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chunk_framing_broken_mid_body_is_refused() {
     let (backend, log, _task) = strict_backend().await;
-    let gw = TestGateway::start(|p| {
-        common::simple_config(
-            p,
-            &format!("  up:\n    backends: [\"{backend}\"]\n    retry: {{ attempts: 0 }}\n"),
-            "  - { id: all, upstream: up, max_body_size: 1MiB }\n",
-        )
-    })
+    let gw = strict_gateway(
+        backend,
+        "  - { id: all, upstream: up, max_body_size: 1MiB }\n",
+    )
     .await;
     for (later, want) in [
         (&b"5;a=b\nhello\r\n0\r\n\r\n"[..], 400),
