@@ -401,7 +401,8 @@ impl<A: HttpServerApp + Send + Sync + 'static> Guarded<A> {
                 .consume();
             hd = stream.into_any().downcast::<HeadDeadline>().ok()?;
             reused = Some(settings);
-            if hd.answered_429.swap(false, Ordering::Relaxed) {
+            // owned here: a plain read and reset, no atomic operation per request
+            if std::mem::take(hd.answered_429.get_mut()) {
                 // a client told to slow down is read again only after a pause: flooding a
                 // limited route then cannot keep the worker from the other connections
                 let pause = self.state.snapshot().server.pause_after_429;
