@@ -12,7 +12,8 @@ RUN cargo build --release --bin gatehouse
 FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libmodsecurity3 modsecurity-crs \
     && rm -rf /var/lib/apt/lists/* \
-    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gatehouse
+    && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gatehouse \
+    && install -d -o gatehouse -g gatehouse /var/cache/gatehouse
 COPY --from=build /src/target/release/gatehouse /usr/local/bin/gatehouse
 COPY conf/ /etc/gatehouse/
 USER gatehouse
@@ -21,6 +22,9 @@ USER gatehouse
 # outside the container, and set GATEHOUSE_ADMIN_TOKEN (an admin listener off loopback without
 # a token is a config error unless admin.allow_unauthenticated: true).
 EXPOSE 8080 9180
+# The disk cache tier's directory (server.cache.disk.path in conf/examples/caching.yaml):
+# mount a volume here to keep the cache across container restarts.
+VOLUME /var/cache/gatehouse
 # SIGTERM drains in-flight requests for server.grace_period, then exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/gatehouse"]

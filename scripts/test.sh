@@ -12,8 +12,9 @@ cd "$(dirname "$0")/.."
 # in tests/observability.rs; nghttp2-client: h2load in tests/tls_tools.rs (openssl and curl,
 # used there too, are part of the base system); nginx: the side-by-side corpus in
 # tests/hardening.rs; redis-server: the shared counters in tests/redis.rs; pkg-config,
-# libmodsecurity-dev and modsecurity-crs: the `waf` plugin and tests/waf.rs
-./scripts/install-missing.sh cmake chromium promtool:prometheus h2load:nghttp2-client openssl curl nginx redis-server \
+# libmodsecurity-dev and modsecurity-crs: the `waf` plugin and tests/waf.rs; e2fsprogs
+# (chattr): a read-only cache directory for root in tests/cache_disk.rs
+./scripts/install-missing.sh cmake chattr:e2fsprogs chromium promtool:prometheus h2load:nghttp2-client openssl curl nginx redis-server \
   pkg-config /usr/include/modsecurity/modsecurity.h:libmodsecurity-dev /usr/share/modsecurity-crs/rules/REQUEST-901-INITIALIZATION.conf:modsecurity-crs
 
 cargo test --workspace

@@ -51,6 +51,9 @@ pub struct Entry<'a> {
     /// Cache result (`hit`, `miss`, `stale`, ...) on caching routes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub cache: Option<&'a str>,
+    /// The cache tier a hit came from (`memory`, `disk`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub cache_tier: Option<&'a str>,
     /// Plugin decisions, e.g. `{"jwt": "expired"}`.
     #[serde(skip_serializing_if = "Pairs::is_empty")]
     pub plugins: Outcomes<'a>,

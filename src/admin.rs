@@ -119,7 +119,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 /// Purges `url` (`http(s)://host[:port]/path?query`, every variant) from this instance's
 /// cache: how many objects went, or `None` for a URL that is not one. A URL without a port
 /// may have been cached under any listener's port (and 80, 443): all are purged.
-pub(crate) fn purge_local(cache: &CacheRuntime, snap: &Snapshot, url: &str) -> Option<usize> {
+pub(crate) async fn purge_local(cache: &CacheRuntime, snap: &Snapshot, url: &str) -> Option<usize> {
     let (host, port, pq) = parse_url(url)?;
     let mut ports: Vec<u16> = match port {
         Some(p) => vec![p],
@@ -138,7 +138,7 @@ pub(crate) fn purge_local(cache: &CacheRuntime, snap: &Snapshot, url: &str) -> O
     };
     ports.sort_unstable();
     ports.dedup();
-    Some(cache.purge(&host, &ports, &pq))
+    Some(cache.purge(&host, &ports, &pq).await)
 }
 
 fn parse_url(url: &str) -> Option<(String, Option<u16>, String)> {
@@ -187,7 +187,7 @@ impl AdminApp {
             );
         };
         let snap = self.state.snapshot();
-        let Some(purged) = purge_local(&self.cache, &snap, &p.url) else {
+        let Some(purged) = purge_local(&self.cache, &snap, &p.url).await else {
             return json_error(
                 StatusCode::BAD_REQUEST,
                 "url must be http(s)://host[:port]/path",
@@ -279,6 +279,7 @@ impl AdminApp {
                 self.metrics
                     .cache_size
                     .set(i64::try_from(self.cache.store.size_bytes()).unwrap_or(i64::MAX));
+                self.metrics.cache.sync(self.cache.store);
                 reply(
                     StatusCode::OK,
                     "text/plain; version=0.0.4; charset=utf-8",

@@ -18,7 +18,7 @@ use crate::admin::AdminApp;
 use crate::config::raw::{RawListen, RawServer};
 use crate::config::{self, ConfigErrors, Loaded};
 use crate::metrics::Metrics;
-use crate::proxy::cache::CacheRuntime;
+use crate::proxy::cache::{CacheRuntime, CacheSettings, DiskSettings};
 use crate::proxy::conn::Guarded;
 use crate::proxy::Gateway;
 use crate::reload::{ReloadService, Reloader};
@@ -217,10 +217,7 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     server.bootstrap();
     let state = Arc::new(SharedState::new(snapshot));
 
-    let cache = CacheRuntime::new(
-        usize::try_from(server_cfg.cache.max_size.0).unwrap_or(usize::MAX),
-        server_cfg.cache.lock_timeout.0,
-    );
+    let cache = CacheRuntime::new(cache_settings(&server_cfg.cache, &opts.config));
     let reloader = Arc::new(Reloader::new(
         &opts.config,
         registry,
@@ -279,4 +276,27 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     // the last lines of the access log
     access_log.flush();
     Ok(())
+}
+
+fn size(v: u64) -> usize {
+    usize::try_from(v).unwrap_or(usize::MAX)
+}
+
+/// `server.cache` as the cache takes it: a relative disk path is relative to the config
+/// file's directory.
+fn cache_settings(c: &crate::config::raw::RawCache, config: &std::path::Path) -> CacheSettings {
+    CacheSettings {
+        max_size: size(c.max_size.0),
+        max_object_size: size(c.memory_max_object()),
+        lock_timeout: c.lock_timeout.0,
+        disk: c.disk.as_ref().map(|d| {
+            let base = config.parent().unwrap_or(std::path::Path::new("."));
+            DiskSettings {
+                path: base.join(&d.path),
+                max_size: size(d.max_size.0),
+                max_object_size: size(d.max_object_size.0),
+                max_objects: d.max_objects,
+            }
+        }),
+    }
 }

@@ -167,8 +167,147 @@ pub struct Metrics {
     pub(crate) tls: TlsMetrics,
     pub(crate) redis: RedisMetrics,
     pub(crate) cache_size: IntGauge,
+    pub(crate) cache: CacheMetrics,
     pub(crate) access_log_dropped: IntCounter,
     pub(crate) trace: TraceMetrics,
+}
+
+/// Series of the cache tiers, copied from the store's counters at scrape time.
+pub(crate) struct CacheMetrics {
+    /// Bytes held per tier (`memory`: bodies and headers; `disk`: object files).
+    bytes: IntGaugeVec,
+    /// Objects held per tier.
+    objects: IntGaugeVec,
+    /// Lookups per tier and result (`hit`, `miss`); a disk lookup follows a memory miss.
+    lookups: IntCounterVec,
+    /// Objects evicted per tier (memory: demoted to disk when it has one).
+    evictions: IntCounterVec,
+    /// Disk writes by result: `ok`, `error`, `skipped` (queue full or tier unavailable).
+    disk_writes: IntCounterVec,
+    /// Disk objects that failed a checksum or length check (deleted, then refetched).
+    corrupt: IntCounter,
+    /// 1 while the disk tier takes writes.
+    disk_available: IntGauge,
+}
+
+/// Raises a counter to `v` (the store's counters only grow).
+fn raise(c: &IntCounter, v: u64) {
+    let cur = c.get();
+    if v > cur {
+        c.inc_by(v - cur);
+    }
+}
+
+impl CacheMetrics {
+    fn new(registry: &Registry) -> prometheus::Result<Self> {
+        let m = CacheMetrics {
+            bytes: gauge_vec(
+                "gatehouse_cache_tier_size_bytes",
+                "Bytes held by each cache tier (memory: bodies and headers; disk: object files).",
+                &["tier"],
+            )?,
+            objects: gauge_vec(
+                "gatehouse_cache_tier_objects",
+                "Objects held by each cache tier.",
+                &["tier"],
+            )?,
+            lookups: counter_vec(
+                "gatehouse_cache_tier_lookups_total",
+                "Cache lookups per tier and result (hit, miss); the disk is asked after a memory miss.",
+                &["tier", "result"],
+            )?,
+            evictions: counter_vec(
+                "gatehouse_cache_tier_evictions_total",
+                "Objects evicted per cache tier (from memory: written to disk when there is a disk tier).",
+                &["tier"],
+            )?,
+            disk_writes: counter_vec(
+                "gatehouse_cache_disk_writes_total",
+                "Disk tier writes by result: ok, error, skipped (queue full or tier unavailable).",
+                &["result"],
+            )?,
+            corrupt: IntCounter::new(
+                "gatehouse_cache_disk_corrupt_objects_total",
+                "Disk tier objects that failed a checksum or length check (deleted and refetched).",
+            )?,
+            disk_available: IntGauge::new(
+                "gatehouse_cache_disk_available",
+                "1 while the disk cache tier takes writes, 0 while it is unavailable (memory only).",
+            )?,
+        };
+        register(
+            registry,
+            vec![
+                Box::new(m.bytes.clone()),
+                Box::new(m.objects.clone()),
+                Box::new(m.lookups.clone()),
+                Box::new(m.evictions.clone()),
+                Box::new(m.disk_writes.clone()),
+                Box::new(m.corrupt.clone()),
+                Box::new(m.disk_available.clone()),
+            ],
+        )?;
+        Ok(m)
+    }
+
+    /// Copies the store's figures into the series (the disk's only when it has a disk tier).
+    pub(crate) fn sync(&self, store: &crate::proxy::cache_store::TieredStore) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let g = |v: usize| i64::try_from(v).unwrap_or(i64::MAX);
+        let st = &store.stats;
+        self.bytes
+            .with_label_values(&["memory"])
+            .set(i64::try_from(store.size_bytes()).unwrap_or(i64::MAX));
+        self.objects
+            .with_label_values(&["memory"])
+            .set(g(store.len()));
+        raise(
+            &self.lookups.with_label_values(&["memory", "hit"]),
+            st.hits.load(Relaxed),
+        );
+        raise(
+            &self.lookups.with_label_values(&["memory", "miss"]),
+            st.misses.load(Relaxed),
+        );
+        raise(
+            &self.evictions.with_label_values(&["memory"]),
+            st.evictions.load(Relaxed),
+        );
+        let Some(d) = store.disk() else {
+            return;
+        };
+        let ds = &d.stats;
+        self.bytes
+            .with_label_values(&["disk"])
+            .set(g(d.size_bytes()));
+        self.objects.with_label_values(&["disk"]).set(g(d.len()));
+        raise(
+            &self.lookups.with_label_values(&["disk", "hit"]),
+            ds.hits.load(Relaxed),
+        );
+        raise(
+            &self.lookups.with_label_values(&["disk", "miss"]),
+            ds.misses.load(Relaxed),
+        );
+        raise(
+            &self.evictions.with_label_values(&["disk"]),
+            ds.evictions.load(Relaxed),
+        );
+        raise(
+            &self.disk_writes.with_label_values(&["ok"]),
+            ds.writes.load(Relaxed),
+        );
+        raise(
+            &self.disk_writes.with_label_values(&["error"]),
+            ds.write_errors.load(Relaxed),
+        );
+        raise(
+            &self.disk_writes.with_label_values(&["skipped"]),
+            ds.skipped.load(Relaxed),
+        );
+        raise(&self.corrupt, ds.corrupt.load(Relaxed));
+        self.disk_available.set(i64::from(d.available()));
+    }
 }
 
 /// Series of the span export (`tracing.otlp`).
@@ -586,6 +725,7 @@ impl Metrics {
             decisions: DecisionMetrics::new(&registry, plugins)?,
             tls: TlsMetrics::new(&registry)?,
             redis: RedisMetrics::new(&registry)?,
+            cache: CacheMetrics::new(&registry)?,
             registry,
             cache_size,
             access_log_dropped,

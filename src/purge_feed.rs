@@ -158,7 +158,7 @@ impl PurgeFeed {
                 };
                 match must_flush(&old, &run_id, stream.as_ref(), left) {
                     Some(reason) => {
-                        let n = self.cache.clear();
+                        let n = self.cache.clear().await;
                         log::warn!(
                             "purge feed: purges may have been missed ({reason}): emptied the cache ({n} objects)"
                         );
@@ -189,7 +189,7 @@ impl PurgeFeed {
             let snap = self.state.snapshot();
             for (id, url, origin) in entries(&reply) {
                 if origin != link.instance_id() {
-                    if let Some(n) = crate::admin::purge_local(&self.cache, &snap, &url) {
+                    if let Some(n) = crate::admin::purge_local(&self.cache, &snap, &url).await {
                         log::debug!("purge feed: {url} from {origin}: {n} objects");
                         metrics.purges.with_label_values(&["applied"]).inc();
                     }

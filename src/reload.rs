@@ -87,6 +87,7 @@ fn restart_required(a: &RawServer, a_admin: &str, b: &Snapshot) -> Vec<&'static 
             a.cache.lock_timeout != s.cache.lock_timeout,
             "server.cache.lock_timeout",
         ),
+        (a.cache.disk != s.cache.disk, "server.cache.disk"),
         (a_admin != b.raw.admin.listen, "admin.listen"),
     ]
     .into_iter()
@@ -228,7 +229,11 @@ pub(crate) fn publish(
     next: Snapshot,
 ) {
     let prev = state.snapshot();
-    cache.set_max_size(usize::try_from(next.raw.server.cache.max_size.0).unwrap_or(usize::MAX));
+    let c = &next.raw.server.cache;
+    cache.set_limits(
+        usize::try_from(c.max_size.0).unwrap_or(usize::MAX),
+        usize::try_from(c.memory_max_object()).unwrap_or(usize::MAX),
+    );
     sync_series(metrics, Some(&prev), &next);
     start_plugins(Some(&prev), &next);
     state.publish(next);

@@ -238,6 +238,13 @@ pub struct RawCache {
     /// Memory bound for all cached objects together (bodies and headers).
     #[serde(default = "default_cache_size")]
     pub max_size: NonZeroSize,
+    /// Largest object (body and header) the memory tier holds; default: 1/8 of `max_size`.
+    /// Larger ones go to the disk tier, or stream through uncached without one.
+    #[serde(default)]
+    pub max_object_size: Option<NonZeroSize>,
+    /// The disk tier below memory.
+    #[serde(default)]
+    pub disk: Option<RawCacheDisk>,
     /// How long concurrent misses for one key wait for the request that fetches it.
     #[serde(default = "default_lock_timeout")]
     pub lock_timeout: NonZeroDur,
@@ -245,6 +252,37 @@ pub struct RawCache {
 
 fn default_cache_size() -> NonZeroSize {
     NonZeroSize(256 << 20)
+}
+
+impl RawCache {
+    /// The memory tier's largest object.
+    pub fn memory_max_object(&self) -> u64 {
+        self.max_object_size.map_or(self.max_size.0 / 8, |s| s.0)
+    }
+}
+
+/// `server.cache.disk:` the disk tier: objects evicted from memory and those too large for
+/// it, kept across restarts.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawCacheDisk {
+    /// An existing directory (relative paths: to the config file's directory).
+    pub path: String,
+    /// Bound for the object files together.
+    pub max_size: NonZeroSize,
+    /// Largest object the tier takes.
+    #[serde(default = "default_disk_object")]
+    pub max_object_size: NonZeroSize,
+    /// Most objects the tier keeps: its index holds about 120 bytes of memory per object.
+    #[serde(default = "default_disk_objects")]
+    pub max_objects: usize,
+}
+
+fn default_disk_object() -> NonZeroSize {
+    NonZeroSize(512 << 20)
+}
+fn default_disk_objects() -> usize {
+    1_000_000
 }
 fn default_lock_timeout() -> NonZeroDur {
     NonZeroDur(std::time::Duration::from_secs(3))
@@ -254,6 +292,8 @@ impl Default for RawCache {
     fn default() -> Self {
         RawCache {
             max_size: default_cache_size(),
+            max_object_size: None,
+            disk: None,
             lock_timeout: default_lock_timeout(),
         }
     }

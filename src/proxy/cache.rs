@@ -1,9 +1,10 @@
 //! Response caching on Pingora's cache phases. A route caches when its `cache` plugin set a
 //! [`CacheIntent`]; then:
 //!
-//! - `request_cache_filter` enables Pingora's cache with the shared [`MemStore`], the LRU
-//!   eviction manager (bounded by `server.cache.max_size`) and the cache lock (concurrent misses
-//!   for one key make one upstream request; the others wait up to `lock_timeout`);
+//! - `request_cache_filter` enables Pingora's cache with the shared [`TieredStore`] (memory,
+//!   bounded by `server.cache.max_size`, and the disk tier of `server.cache.disk`; the store
+//!   runs both LRUs) and the cache lock (concurrent misses for one key make one upstream
+//!   request; the others wait up to `lock_timeout`);
 //! - `cache_key_callback` keys on scheme, host, port, method class (HEAD shares GET's entry)
 //!   and the full path with query, so two hosts or ports never share an entry;
 //! - `response_cache_filter` decides cacheability and freshness (RFC 9111): `Cache-Control`
@@ -15,7 +16,8 @@
 //! - stale entries are served inside `stale_while_revalidate` (refreshed in the background)
 //!   and, when the upstream fails, inside `stale_if_error` (RFC 5861); upstream directives count.
 //!
-//! Responses carry `Cache-Status` (RFC 9211); Pingora adds `Age` to hits.
+//! Responses carry `Cache-Status` (RFC 9211), with `detail=disk` on hits from the disk tier;
+//! Pingora adds `Age` to hits.
 
 use std::time::{Duration, SystemTime};
 
@@ -23,8 +25,6 @@ use gatehouse_plugins::api::CacheIntent;
 use http::header::{AUTHORIZATION, HOST, SET_COOKIE, VARY};
 use http::HeaderValue;
 use pingora_cache::cache_control::{CacheControl, Cacheable, InterpretCacheControl};
-use pingora_cache::eviction::lru::Manager;
-use pingora_cache::eviction::{CacheEntryKeyRef, EvictionManager};
 use pingora_cache::filters::{calculate_expires_header_time, calculate_serve_stale_durations};
 use pingora_cache::key::HashBinary;
 use pingora_cache::lock::{CacheKeyLockImpl, CacheLock};
@@ -36,59 +36,72 @@ use pingora_error::Result;
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
-use super::cache_store::MemStore;
+use super::cache_disk::DiskTier;
+use super::cache_store::{hit_tier, Tier, TieredStore};
 use super::ctx::Ctx;
 
-/// Shards of the LRU eviction manager.
-const LRU_SHARDS: usize = 16;
-
-/// The process-wide cache: storage, eviction and lock, created once at startup.
+/// The process-wide cache: the tiered storage and the lock, created once at startup.
 #[derive(Clone, Copy)]
 pub struct CacheRuntime {
-    pub store: &'static MemStore,
-    pub eviction: &'static Manager<LRU_SHARDS>,
+    pub store: &'static TieredStore,
     pub lock: &'static CacheKeyLockImpl,
+}
+
+/// The cache's settings that take effect at startup (see `server.cache`).
+pub struct CacheSettings {
+    pub max_size: usize,
+    pub max_object_size: usize,
+    pub lock_timeout: Duration,
+    /// The disk tier.
+    pub disk: Option<DiskSettings>,
+}
+
+/// `server.cache.disk` as the cache takes it.
+pub struct DiskSettings {
+    pub path: std::path::PathBuf,
+    pub max_size: usize,
+    pub max_object_size: usize,
+    pub max_objects: usize,
 }
 
 impl CacheRuntime {
     /// Creates the cache (leaked: Pingora needs `'static` references; there is one per process).
-    pub fn new(max_size: usize, lock_timeout: Duration) -> Self {
+    /// Opening the disk tier never fails: trouble with its directory leaves it unavailable
+    /// (logged, `gatehouse_cache_disk_available 0`) and the memory tier serves alone.
+    pub fn new(s: CacheSettings) -> Self {
+        let disk = s
+            .disk
+            .map(|d| DiskTier::open(&d.path, d.max_size, d.max_object_size, d.max_objects));
         CacheRuntime {
-            store: Box::leak(Box::new(MemStore::new())),
-            // the per-shard capacity only preallocates: the LRU grows with the objects stored
-            // (8192 per shard held 12 MiB from startup, cache in use or not)
-            eviction: Box::leak(Box::new(Manager::with_capacity(max_size, 64))),
-            lock: Box::leak(CacheLock::new_boxed(lock_timeout)),
+            store: Box::leak(Box::new(TieredStore::new(
+                s.max_size,
+                s.max_object_size,
+                disk,
+            ))),
+            lock: Box::leak(CacheLock::new_boxed(s.lock_timeout)),
         }
     }
 
-    /// Applies a new `max_size` (the LRU evicts down to it as objects are admitted).
-    pub fn set_max_size(&self, max_size: usize) {
-        self.eviction.set_weight_limit(max_size);
+    /// Applies new memory bounds (the LRU evicts down to `max_size` as objects are admitted).
+    pub fn set_limits(&self, max_size: usize, max_object_size: usize) {
+        self.store.set_limits(max_size, max_object_size);
     }
 
     /// Purges every variant of `GET http://host:port/path?query` for each of `ports` (a URL
-    /// without a port may have been cached under any listener's); returns how many objects
-    /// went.
-    pub fn purge(&self, host: &str, ports: &[u16], path_and_query: &str) -> usize {
+    /// without a port may have been cached under any listener's), from both tiers; returns
+    /// how many objects went.
+    pub async fn purge(&self, host: &str, ports: &[u16], path_and_query: &str) -> usize {
         let mut purged = 0;
         for port in ports {
             let key = CacheKey::new(format!("GET http://{host}:{port}{path_and_query}"), "");
-            for compact in self.store.purge_all_variants(&key) {
-                self.eviction.remove(CacheEntryKeyRef::KeyOnly(&compact));
-                purged += 1;
-            }
+            purged += self.store.purge_all_variants(&key).await;
         }
         purged
     }
 
-    /// Empties the whole cache; returns how many objects went.
-    pub fn clear(&self) -> usize {
-        let all = self.store.clear();
-        for compact in &all {
-            self.eviction.remove(CacheEntryKeyRef::KeyOnly(compact));
-        }
-        all.len()
+    /// Empties the whole cache (both tiers); returns how many objects went.
+    pub async fn clear(&self) -> usize {
+        self.store.clear().await
     }
 }
 
@@ -101,12 +114,19 @@ pub(crate) struct CacheState {
     stored: bool,
     /// The cache result, for metrics and the access log.
     result: Option<&'static str>,
+    /// The tier a hit came from.
+    tier: Option<Tier>,
 }
 
 impl CacheState {
     /// The cache result (`hit`, `miss`, ...) of a request on a caching route.
     pub(crate) fn result(&self) -> Option<&'static str> {
         self.result
+    }
+
+    /// The tier a hit came from (`memory`, `disk`).
+    pub(crate) fn tier(&self) -> Option<&'static str> {
+        self.tier.map(Tier::label)
     }
 }
 
@@ -120,9 +140,10 @@ pub(super) fn request_cache_filter(rt: &CacheRuntime, s: &mut Session, ctx: &mut
         // is neither served from it nor stored in it
         return;
     }
+    // the store runs its tiers' LRUs itself: Pingora gets no eviction manager
+    s.cache.enable(rt.store, None, None, Some(rt.lock), None);
     s.cache
-        .enable(rt.store, Some(rt.eviction), None, Some(rt.lock), None);
-    s.cache.set_max_file_size_bytes(intent.max_object_size);
+        .set_max_file_size_bytes(intent.max_object_size.min(rt.store.max_storable()));
     ctx.cache.intent = Some(intent.clone());
 }
 
@@ -344,10 +365,20 @@ pub(super) fn cache_vary_filter(
     vb.finalize()
 }
 
+/// Notes which tier a hit comes from (for `Cache-Status`).
+pub(super) fn hit_filter(hit: &pingora_cache::HitHandler, ctx: &mut Ctx) {
+    ctx.cache.tier = Some(hit_tier(hit));
+}
+
 /// `Cache-Status` (RFC 9211) and the metric label for this response.
-fn status(s: &Session, stored: bool) -> (&'static str, &'static str) {
+fn status(s: &Session, stored: bool, tier: Option<Tier>) -> (&'static str, &'static str) {
+    let disk = tier == Some(Tier::Disk);
     match (s.cache.phase(), stored) {
+        (CachePhase::Hit, _) if disk => ("gatehouse; hit; detail=disk", "hit"),
         (CachePhase::Hit, _) => ("gatehouse; hit", "hit"),
+        (CachePhase::Stale | CachePhase::StaleUpdating, _) if disk => {
+            ("gatehouse; hit; detail=stale-disk", "stale")
+        }
         (CachePhase::Stale | CachePhase::StaleUpdating, _) => {
             ("gatehouse; hit; detail=stale", "stale")
         }
@@ -367,7 +398,7 @@ pub(super) fn response_header(s: &Session, resp: &mut ResponseHeader, ctx: &mut 
     if ctx.cache.intent.is_none() {
         return Ok(());
     }
-    let (value, label) = status(s, ctx.cache.stored);
+    let (value, label) = status(s, ctx.cache.stored, ctx.cache.tier);
     resp.insert_header("cache-status", HeaderValue::from_static(value))?;
     ctx.cache.result = Some(label);
     Ok(())

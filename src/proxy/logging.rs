@@ -84,6 +84,7 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
         plugins: Pairs(&ctx.info.outcomes),
         details: Pairs(&ctx.info.details),
         cache: ctx.cache.result(),
+        cache_tier: ctx.cache.tier(),
         upstream_ms: ctx.attempt.upstream_time().map(ms),
         retries: ctx.attempt.retries(),
         trace_id: ctx.trace_id(),

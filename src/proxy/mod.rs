@@ -5,6 +5,7 @@
 pub mod abuse;
 pub mod attempts;
 pub mod cache;
+pub mod cache_disk;
 pub mod cache_store;
 mod client_ip;
 pub mod conn;
@@ -349,6 +350,18 @@ impl ProxyHttp for Gateway {
         req: &RequestHeader,
     ) -> Option<pingora_cache::key::HashBinary> {
         cache::cache_vary_filter(meta, ctx, req)
+    }
+
+    async fn cache_hit_filter(
+        &self,
+        _s: &mut Session,
+        _meta: &pingora_cache::CacheMeta,
+        hit: &mut pingora_cache::HitHandler,
+        _is_fresh: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<pingora_cache::ForcedFreshness>> {
+        cache::hit_filter(hit, ctx);
+        Ok(None)
     }
 
     fn should_serve_stale(&self, s: &mut Session, _ctx: &mut Ctx, error: Option<&Error>) -> bool {

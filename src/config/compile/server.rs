@@ -107,6 +107,21 @@ pub(super) fn compile_server(
         "limits.pause_after_429",
         "at most 1s",
     );
+    let cache = &raw.cache;
+    s.check(
+        cache.memory_max_object() <= cache.max_size.0,
+        "cache.max_object_size",
+        "at most cache.max_size",
+    );
+    if let Some(d) = &cache.disk {
+        s.check(!d.path.trim().is_empty(), "cache.disk.path", "a directory");
+        s.check(
+            d.max_object_size.0 <= d.max_size.0,
+            "cache.disk.max_object_size",
+            "at most cache.disk.max_size",
+        );
+        s.check(d.max_objects > 0, "cache.disk.max_objects", "at least 1");
+    }
     let client_cert_headers = client_cert_headers(&raw.client_cert_headers, s);
     ServerSettings {
         client_cert_headers,
@@ -210,6 +225,18 @@ mod tests {
             ["server.limits.pause_after_429: at most 1s"]
         );
         assert_eq!(
+            errors("{cache: {max_size: 1MiB, max_object_size: 2MiB, disk: {path: \" \", max_size: 1GiB, max_object_size: 2GiB, max_objects: 0}}}"),
+            [
+                "server.cache.max_object_size: at most cache.max_size",
+                "server.cache.disk.path: a directory",
+                "server.cache.disk.max_object_size: at most cache.disk.max_size",
+                "server.cache.disk.max_objects: at least 1"
+            ]
+        );
+        assert!(
+            errors("{cache: {disk: {path: /var/cache/gatehouse, max_size: 20GiB}}}").is_empty()
+        );
+        assert_eq!(
             errors("{limits: {max_headers: 300}, latency_buckets: [1, 0.5], access_log: \" \"}"),
             [
                 "server.access_log: use stdout, off or a file path",
@@ -255,6 +282,7 @@ mod tests {
             assert!(e.contains("must be greater than 0"), "{yaml}: {e}");
         }
         assert!(serde_yaml::from_str::<RawServer>("{threads: 0}").is_err());
+        assert!(serde_yaml::from_str::<RawServer>("{cache: {disk: {path: /x}}}").is_err());
         assert!(serde_yaml::from_str::<RawServer>("{limits: {max_connections: 0}}").is_err());
     }
 }
