@@ -26,6 +26,63 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub cache: CacheRuntime,
     pub reloader: Arc<Reloader>,
+    /// The status page's records (errors, 429s, history).
+    pub board: Arc<crate::status::Board>,
+}
+
+/// A static asset of the status page: no data in it, cacheable for a short while.
+fn asset(content_type: &str, body: &str) -> Response<Vec<u8>> {
+    let mut r = reply(StatusCode::OK, content_type, body.as_bytes().to_vec());
+    r.headers_mut().insert(
+        http::header::CACHE_CONTROL,
+        http::HeaderValue::from_static("no-cache"),
+    );
+    r.headers_mut().insert(
+        http::header::HeaderName::from_static("content-security-policy"),
+        http::HeaderValue::from_static(
+            "default-src 'none'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'",
+        ),
+    );
+    r.headers_mut().insert(
+        http::header::X_CONTENT_TYPE_OPTIONS,
+        http::HeaderValue::from_static("nosniff"),
+    );
+    r
+}
+
+/// The value of `name` in a query string (percent-decoded, `+` as space).
+fn query_param(query: &str, name: &str) -> Option<String> {
+    fn hex(b: u8) -> Option<u8> {
+        (b as char).to_digit(16).and_then(|d| u8::try_from(d).ok())
+    }
+    query.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+        (k == name).then(|| {
+            let bytes = v.as_bytes();
+            let mut out = Vec::with_capacity(bytes.len());
+            let mut i = 0;
+            while i < bytes.len() {
+                let decoded = (bytes[i] == b'%')
+                    .then(|| Some(hex(*bytes.get(i + 1)?)? * 16 + hex(*bytes.get(i + 2)?)?))
+                    .flatten();
+                match (bytes[i], decoded) {
+                    (_, Some(b)) => {
+                        out.push(b);
+                        i += 3;
+                    }
+                    (b'+', None) => {
+                        out.push(b' ');
+                        i += 1;
+                    }
+                    (b, None) => {
+                        out.push(b);
+                        i += 1;
+                    }
+                }
+            }
+            String::from_utf8_lossy(&out).into_owned()
+        })
+    })
 }
 
 /// Mapping keys whose values `GET /config` never shows.
@@ -77,6 +134,8 @@ pub fn redact(v: &mut serde_yaml::Value) {
 pub struct AdminRequest<'a> {
     pub method: &'a http::Method,
     pub path: &'a str,
+    /// The query string (`q=api&page=2`), empty without one.
+    pub query: &'a str,
     pub authorization: Option<&'a [u8]>,
     pub body: &'a [u8],
 }
@@ -259,8 +318,70 @@ impl AdminApp {
         }
     }
 
+    /// The status page (`/`, its assets) and its JSON API (`/api/*`, read-only; the admin
+    /// token when one is set).
+    fn status_page(&self, r: &AdminRequest<'_>) -> Option<Response<Vec<u8>>> {
+        use crate::status::{PAGE_CSS, PAGE_HTML, PAGE_JS};
+        let get = r.method == http::Method::GET || r.method == http::Method::HEAD;
+        let resp = match r.path {
+            "/" | "/status.css" | "/status.js" | "/api/status" | "/api/routes"
+            | "/api/upstreams"
+                if !get =>
+            {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
+            "/" => asset("text/html; charset=utf-8", PAGE_HTML),
+            "/status.css" => asset("text/css; charset=utf-8", PAGE_CSS),
+            "/status.js" => asset("text/javascript; charset=utf-8", PAGE_JS),
+            "/api/status" | "/api/routes" | "/api/upstreams"
+                if !self.authorized(r.authorization) =>
+            {
+                unauthorized()
+            }
+            "/api/status" => json(
+                StatusCode::OK,
+                self.board.status(
+                    &self.state.snapshot(),
+                    &self.cache,
+                    self.reloader.last(),
+                    &self.reloader.path().display().to_string(),
+                    self.state.is_ready(),
+                ),
+            ),
+            "/api/routes" => {
+                let q = query_param(r.query, "q").unwrap_or_default();
+                let num = |n: &str, d: usize| {
+                    query_param(r.query, n)
+                        .and_then(|v| v.parse().ok())
+                        .unwrap_or(d)
+                };
+                json(
+                    StatusCode::OK,
+                    self.board.routes(
+                        &self.state.snapshot(),
+                        &self.metrics,
+                        &q,
+                        num("page", 1),
+                        num("per_page", 50),
+                    ),
+                )
+            }
+            "/api/upstreams" => json(StatusCode::OK, self.board.upstreams(&self.state.snapshot())),
+            _ => return None,
+        };
+        Some(resp)
+    }
+
     /// Routes one admin request.
     pub fn handle(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
+        if let Some(resp) = self.status_page(r) {
+            return resp;
+        }
+        self.handle_rest(r)
+    }
+
+    /// The health, readiness and metrics endpoints.
+    fn handle_rest(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
         let get = r.method == http::Method::GET || r.method == http::Method::HEAD;
         match r.path {
             "/health" | "/ready" | "/metrics" if !get => {
@@ -297,6 +418,7 @@ impl ServeHttp for AdminApp {
         let req = s.req_header();
         let method = req.method.clone();
         let path = req.uri.path().to_string();
+        let query = req.uri.query().unwrap_or("").to_string();
         let auth = req
             .headers
             .get(http::header::AUTHORIZATION)
@@ -319,6 +441,7 @@ impl ServeHttp for AdminApp {
         self.handle_async(&AdminRequest {
             method: &method,
             path: &path,
+            query: &query,
             authorization: auth.as_deref(),
             body: &body,
         })
@@ -345,5 +468,12 @@ mod tests {
         assert!(constant_time_eq(b"abc", b"abc"));
         assert!(!constant_time_eq(b"abc", b"abd"));
         assert!(!constant_time_eq(b"abc", b"ab"));
+        assert_eq!(
+            query_param("q=a%2Fb+c&page=2", "q").as_deref(),
+            Some("a/b c")
+        );
+        assert_eq!(query_param("q=%zz%4", "q").as_deref(), Some("%zz%4"));
+        assert_eq!(query_param("page=2", "q"), None);
+        assert_eq!(query_param("q=%C3%A9", "q").as_deref(), Some("é"));
     }
 }

@@ -225,11 +225,13 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
         Arc::clone(&state),
         cache,
     ));
+    let board = Arc::new(crate::status::Board::new());
     let gateway = Gateway::new(
         cache,
         Arc::clone(&state),
         Arc::clone(&metrics),
         Arc::clone(&access_log),
+        Arc::clone(&board),
     );
     let mut admin = Service::new(
         "gatehouse admin".to_string(),
@@ -238,6 +240,7 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
             metrics: Arc::clone(&metrics),
             cache,
             reloader: Arc::clone(&reloader),
+            board: Arc::clone(&board),
         },
     );
     admin.threads = Some(1);
@@ -245,6 +248,14 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
     server.add_service(proxy_service(&server, gateway, &state, &metrics));
     server.add_service(admin);
     server.add_service(health_service(&state, &metrics));
+    server.add_service(background_service(
+        "status sampler",
+        crate::status::Sampler {
+            board,
+            state: Arc::clone(&state),
+            metrics: Arc::clone(&metrics),
+        },
+    ));
     // cache purges from the other instances (when a `redis` section is configured)
     server.add_service(background_service(
         "purge feed",

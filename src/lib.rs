@@ -18,5 +18,6 @@ pub mod redis_link;
 pub mod reload;
 pub mod router;
 pub mod state;
+pub mod status;
 pub mod tls;
 pub mod upstream;

@@ -733,6 +733,11 @@ impl Metrics {
         })
     }
 
+    /// Every metric family as it stands (the status page's sampler).
+    pub fn gather(&self) -> Vec<prometheus::proto::MetricFamily> {
+        self.registry.gather()
+    }
+
     /// The Prometheus text exposition of every metric.
     pub fn encode(&self) -> Vec<u8> {
         let mut buf = Vec::with_capacity(16 * 1024);

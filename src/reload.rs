@@ -59,6 +59,22 @@ pub struct Reloader {
     started: RawServer,
     started_admin: String,
     lock: tokio::sync::Mutex<()>,
+    /// The last reload that did something (applied or failed), for the status page.
+    last: std::sync::Mutex<Option<LastReload>>,
+}
+
+/// A reload as the status page shows it.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct LastReload {
+    /// Unix milliseconds.
+    pub at_ms: u64,
+    pub trigger: &'static str,
+    /// `ok` or `error`.
+    pub result: &'static str,
+    /// The version serving afterwards.
+    pub version: u64,
+    /// The errors (with their YAML paths) when it failed.
+    pub error: Option<String>,
 }
 
 /// Settings that only take effect at startup that differ between `a` and `b`.
@@ -114,6 +130,27 @@ impl Reloader {
             started_admin: snap.raw.admin.listen.clone(),
             state,
             lock: tokio::sync::Mutex::new(()),
+            last: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// The last reload that was applied or failed (`None`: none since start).
+    pub fn last(&self) -> Option<LastReload> {
+        self.last.lock().ok().and_then(|l| l.clone())
+    }
+
+    fn note(&self, trigger: &'static str, result: &'static str, error: Option<String>) {
+        let at_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        if let Ok(mut l) = self.last.lock() {
+            *l = Some(LastReload {
+                at_ms,
+                trigger,
+                result,
+                version: self.state.snapshot().version,
+                error,
+            });
         }
     }
 
@@ -197,6 +234,7 @@ impl Reloader {
             "config {} reloaded ({trigger}): version {version}",
             self.path.display()
         );
+        self.note(trigger, "ok", None);
         ReloadOutcome::Applied {
             version,
             restart_required: restart,
@@ -213,6 +251,7 @@ impl Reloader {
             .reloads
             .with_label_values(&[trigger, "error"])
             .inc();
+        self.note(trigger, "error", Some(e.to_string()));
         ReloadOutcome::Failed(e)
     }
 }

@@ -46,6 +46,9 @@ pub(crate) struct AttemptState {
     fresh_connection: bool,
     /// When the current attempt started (backend chosen).
     started: Option<Instant>,
+    /// Counts the current attempt as in flight to its backend until the next attempt or the
+    /// request's end.
+    in_flight: Option<crate::upstream::group::InFlight>,
     /// Time spent waiting for upstream response headers, all attempts.
     upstream_time: Duration,
 }
@@ -177,6 +180,7 @@ pub(super) async fn upstream_peer(
             error: None,
         });
     }
+    ctx.attempt.in_flight = Some(crate::upstream::group::InFlight::new(&backend.state));
     ctx.attempt.backend = Some(backend);
     Ok(Box::new(peer))
 }
@@ -201,6 +205,9 @@ fn record(metrics: &Metrics, ctx: &mut Ctx, success: bool) {
     let (Some(g), Some(b)) = (ctx.group(), &ctx.attempt.backend) else {
         return;
     };
+    if !success {
+        b.failed();
+    }
     if let Some(br) = &b.breaker {
         if let Some(st) = br.record(success, now_ms()) {
             report(metrics, &g.name, b, st);

@@ -33,6 +33,16 @@ pub(super) fn finish(gw: &Gateway, s: &Session, ctx: &mut Ctx) {
             hd.answered_429();
         }
     }
+    // the status page: errors and the gateway's 429s only
+    if status >= 500 || (status == 429 && ctx.failure.is_some()) {
+        let route = ctx.route.as_deref().map_or("", |r| &r.id);
+        if status == 429 {
+            gw.board.limited(route, &ctx.info.client_ip.to_string());
+        } else {
+            let reason = ctx.failure.map_or("upstream response", |f| f.as_str());
+            gw.board.error(status, route, reason, &ctx.info.request_id);
+        }
+    }
     let elapsed = ctx.start.elapsed();
     let method = &s.req_header().method;
     match &ctx.route {

@@ -54,6 +54,8 @@ pub struct Gateway {
     access_log: Arc<AccessLog>,
     /// Series for requests that matched no route.
     unmatched: RouteMetrics,
+    /// The status page's records of errors and 429s.
+    board: Arc<crate::status::Board>,
 }
 
 impl Gateway {
@@ -63,9 +65,11 @@ impl Gateway {
         state: Arc<SharedState>,
         metrics: Arc<Metrics>,
         access_log: Arc<AccessLog>,
+        board: Arc<crate::status::Board>,
     ) -> Self {
         let unmatched = RouteMetrics::new(&metrics, "none");
         Gateway {
+            board,
             cache,
             state,
             metrics,

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeSet, HashMap};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -42,6 +42,19 @@ pub struct BackendState {
     pub label: Arc<str>,
     healthy: AtomicBool,
     pub(crate) counters: Mutex<HealthCounters>,
+    /// When `healthy` last changed (Unix milliseconds; the start when it never did).
+    since_ms: AtomicU64,
+    /// Requests on their way to or from this backend now (the status page).
+    in_flight: AtomicU64,
+    /// Attempts sent to this backend, and those that failed (the status page's rates).
+    attempts: AtomicU64,
+    failures: AtomicU64,
+}
+
+fn unix_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
 }
 
 impl BackendState {
@@ -53,6 +66,10 @@ impl BackendState {
             label: addr.to_string().into(),
             healthy: AtomicBool::new(healthy),
             counters: Mutex::new(HealthCounters::default()),
+            since_ms: AtomicU64::new(unix_ms()),
+            in_flight: AtomicU64::new(0),
+            attempts: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
         }
     }
 
@@ -63,7 +80,45 @@ impl BackendState {
     }
 
     pub(crate) fn set_healthy(&self, h: bool) {
-        self.healthy.store(h, Ordering::Relaxed);
+        if self.healthy.swap(h, Ordering::Relaxed) != h {
+            self.since_ms.store(unix_ms(), Ordering::Relaxed);
+        }
+    }
+
+    /// When the health state last changed (Unix milliseconds).
+    pub fn healthy_since_ms(&self) -> u64 {
+        self.since_ms.load(Ordering::Relaxed)
+    }
+
+    /// Requests in flight to this backend, attempts so far, failed attempts so far.
+    pub fn traffic(&self) -> (u64, u64, u64) {
+        (
+            self.in_flight.load(Ordering::Relaxed),
+            self.attempts.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Counts a failed attempt.
+    pub(crate) fn failed(&self) {
+        self.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// An attempt in flight to a backend: counted while it lives.
+pub(crate) struct InFlight(Arc<BackendState>);
+
+impl InFlight {
+    pub(crate) fn new(b: &Arc<BackendState>) -> Self {
+        b.attempts.fetch_add(1, Ordering::Relaxed);
+        b.in_flight.fetch_add(1, Ordering::Relaxed);
+        InFlight(Arc::clone(b))
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
