@@ -41,7 +41,12 @@ enum Command {
     },
     /// Validate the config file and exit: 0 when valid, 1 with every error and its YAML path
     /// otherwise (like `nginx -t`).
-    Check,
+    Check {
+        /// Also print the effective config (defaults merged, chains inlined, variables
+        /// substituted; secrets redacted) to stdout.
+        #[arg(long)]
+        print: bool,
+    },
 }
 
 /// Logs go through `tracing` (Pingora's and gatehouse's `log` records are bridged) to stderr.
@@ -60,19 +65,33 @@ fn init_logging(from_config: Option<&str>) {
 }
 
 /// `gatehouse check`: compiles the file with `registry`; true when it is valid.
-fn check(path: &Path, loaded: Loaded, registry: &Registry) -> Result<bool, prometheus::Error> {
+fn check(
+    path: &Path,
+    loaded: Loaded,
+    registry: &Registry,
+    print: bool,
+) -> Result<bool, prometheus::Error> {
     let metrics = Metrics::for_gateway(
         crate::metrics::DURATION_BUCKETS,
         &registry.decision_metrics(),
     )?;
     match config::compile_loaded(path, loaded, registry, &metrics, None) {
         Ok(s) => {
-            println!(
+            let ok = format!(
                 "{}: ok ({} routes, {} upstreams)",
                 path.display(),
                 s.routes.len(),
                 s.upstreams.len()
             );
+            if print {
+                // the YAML alone on stdout (to a file or a diff); the verdict on stderr
+                let mut tree = s.source.clone();
+                crate::admin::redact(&mut tree);
+                print!("{}", serde_yaml::to_string(&tree).unwrap_or_default());
+                eprintln!("{ok}");
+            } else {
+                println!("{ok}");
+            }
             Ok(true)
         }
         Err(e) => {
@@ -94,7 +113,7 @@ pub fn main(registry: Registry) -> ExitCode {
         }
     };
     match cli.command.unwrap_or(Command::Run { upgrade: false }) {
-        Command::Check => match check(&cli.config, loaded, &registry) {
+        Command::Check { print } => match check(&cli.config, loaded, &registry, print) {
             Ok(true) => ExitCode::SUCCESS,
             Ok(false) => ExitCode::FAILURE,
             Err(e) => {

@@ -205,3 +205,96 @@ fn help_explains_run_and_check() {
     assert!(out.status.success());
     assert!(text.contains("run") && text.contains("check"), "{text}");
 }
+
+/// Config at scale: `x-` anchors, `upstream_defaults`, `chains`, one error per cause.
+#[test]
+fn many_services_written_once_and_one_error_per_cause() {
+    let routes: String = (0..21)
+        .map(|i| {
+            format!("  - {{ id: s{i}, match: {{ path_prefix: /s{i} }}, upstream: up, plugins: [{{ use: authed }}] }}\n")
+        })
+        .collect();
+    let yaml = format!(
+        "x-probe: &probe {{ http: {{ path: /health }}, interval: 5s }}\nserver:\n  listen: [\"127.0.0.1:18080\"]\nupstream_defaults:\n  health_check: *probe\n  timeouts: {{ connect: 1s }}\nupstreams:\n  up: {{ backends: [\"127.0.0.1:9001\"], timeouts: {{ read: 3s }} }}\nchains:\n  authed:\n    - jwt: {{ keys: [{{ kid: k1, algorithm: HS256, secret: \"${{GH_TEST_UNSET_SECRET}}\" }}] }}\nroutes:\n{routes}"
+    );
+    // the variable is used once (in the chain): one error, at the chain
+    let (code, out) = check_yaml(&yaml);
+    assert_eq!(code, 1, "{out}");
+    assert_eq!(out.matches("is not set").count(), 1, "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
+    assert!(out.contains("chains.authed[0].jwt.keys[0].secret: environment variable `GH_TEST_UNSET_SECRET` is not set"), "{out}");
+
+    // copied into every route as well (the chain still defined): still one error, naming
+    // the places
+    let copied = yaml.replace(
+        "plugins: [{ use: authed }]",
+        "plugins: [{ jwt: { keys: [{ kid: k1, algorithm: HS256, secret: \"${GH_TEST_UNSET_SECRET}\" }] } }]",
+    );
+    let (code, out) = check_yaml(&copied);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
+    assert!(out.contains("(also at routes[0].plugins[0].jwt.keys[0].secret, routes[1].plugins[0].jwt.keys[0].secret, routes[2].plugins[0].jwt.keys[0].secret and 18 more)"), "{out}");
+
+    // an invalid entry in a chain used 21 times: one error at the chain, with its users
+    let bad = yaml
+        .replace(
+            "${GH_TEST_UNSET_SECRET}",
+            "a-secret-long-enough-for-hs256-keys-0123456789",
+        )
+        .replace("algorithm: HS256", "algorithm: XS256");
+    let (code, out) = check_yaml(&bad);
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("1 error(s)"), "{out}");
+    assert!(out.contains("chains.authed[0].jwt"), "{out}");
+    assert!(out.contains("in a chain used at routes[0].plugins[0], routes[1].plugins[0], routes[2].plugins[0] and 18 more"), "{out}");
+
+    // valid: the effective config shows the merged upstream and the inlined chain
+    let good = yaml.replace(
+        "${GH_TEST_UNSET_SECRET}",
+        "a-secret-long-enough-for-hs256-keys-0123456789",
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("g.yaml");
+    std::fs::write(&path, &good).unwrap();
+    let out = std::process::Command::new(common::bin())
+        .args(["check", "--print", "-c"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let effective: serde_yaml::Value = serde_yaml::from_slice(&out.stdout).unwrap();
+    let up = &effective["upstreams"]["up"];
+    assert_eq!(up["timeouts"]["connect"], "1s");
+    assert_eq!(up["timeouts"]["read"], "3s");
+    assert_eq!(up["health_check"]["interval"], "5s");
+    assert!(effective.get("chains").is_none() && effective.get("x-probe").is_none());
+    assert!(effective["routes"][20]["plugins"][0]["jwt"].is_mapping());
+    assert_eq!(
+        effective["routes"][0]["plugins"][0]["jwt"]["keys"][0]["secret"],
+        "<redacted>"
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ok (21 routes, 1 upstreams)"));
+
+    // unknown names and cycles, with their paths
+    let (code, out) = check_yaml(&good.replace("{ use: authed }", "{ use: authd }"));
+    assert_eq!(code, 1);
+    assert!(out.contains("1 error(s)"), "{out}");
+    assert!(
+        out.contains("routes[0].plugins[0].use: unknown chain `authd` (defined: authed)"),
+        "{out}"
+    );
+    let cyclic = good.replace(
+        "chains:\n  authed:\n",
+        "chains:\n  a: [{ use: b }]\n  b: [{ use: a }]\n  authed:\n",
+    );
+    let (code, out) = check_yaml(&cyclic);
+    assert_eq!(code, 1);
+    assert!(
+        out.contains("chains use each other in a cycle: a -> b -> a"),
+        "{out}"
+    );
+}

@@ -519,3 +519,60 @@ async fn rejected_reload_changes_nothing_that_runs() {
     );
     assert_eq!(gw.metric("gatehouse_config_version").await, 1.0);
 }
+
+/// A chain used by two routes: changing it once changes both on reload, and `GET /config`
+/// shows it inlined.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reloaded_chain_reaches_every_route_using_it() {
+    let b = TestUpstream::start("b").await;
+    let cfg = |p: &Ports, tag: &str| {
+        format!(
+            "{}upstream_defaults:\n  timeouts: {{ connect: 1s }}\nupstreams:\n  up: {{ backends: [\"{}\"] }}\nchains:\n  tagged:\n    - headers: {{ response: {{ set: {{ X-Chain: {tag} }} }} }}\nroutes:\n  - {{ id: one, match: {{ path_prefix: /one }}, upstream: up, plugins: [{{ use: tagged }}] }}\n  - {{ id: two, match: {{ path_prefix: /two }}, upstream: up, plugins: [{{ headers: {{ response: {{ set: {{ X-Own: yes }} }} }} }}, {{ use: tagged }}] }}\n",
+            base(p),
+            b.addr
+        )
+    };
+    let gw = TestGateway::start(|p| cfg(p, "v1")).await;
+    let tag = |r: &reqwest::Response| {
+        r.headers()
+            .get("x-chain")
+            .map(|v| v.to_str().unwrap().to_string())
+    };
+    for path in ["/one", "/two"] {
+        assert_eq!(tag(&gw.get(path).await).as_deref(), Some("v1"), "{path}");
+    }
+    gw.write_config(&cfg(&gw.ports, "v2"));
+    let r = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .bearer_auth("adm1n-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    for path in ["/one", "/two"] {
+        let r = gw.get(path).await;
+        assert_eq!(tag(&r).as_deref(), Some("v2"), "{path}");
+        if path == "/two" {
+            assert_eq!(r.headers()["x-own"], "yes", "the route's own entry stays");
+        }
+    }
+    // the effective config: the chain inlined, the defaults merged
+    let v: serde_json::Value = gw
+        .client
+        .get(gw.admin_url("/config"))
+        .bearer_auth("adm1n-token")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let c = &v["config"];
+    assert!(c.get("chains").is_none(), "{c}");
+    assert_eq!(
+        c["routes"][1]["plugins"][1]["headers"]["response"]["set"]["X-Chain"],
+        "v2"
+    );
+    assert_eq!(c["upstreams"]["up"]["timeouts"]["connect"], "1s");
+}

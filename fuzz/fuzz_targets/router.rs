@@ -29,6 +29,7 @@ fn snapshot() -> &'static Snapshot {
             raw,
             tree,
             hash: String::new(),
+            origins: Default::default(),
         };
         gatehouse::config::compile_loaded(Path::new("fuzz.yaml"), loaded, &registry, &metrics, None)
             .expect("compile")

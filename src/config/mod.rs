@@ -4,6 +4,7 @@
 pub mod compile;
 pub mod env;
 pub mod error;
+pub mod expand;
 pub mod raw;
 pub mod units;
 
@@ -22,8 +23,11 @@ use crate::state::Snapshot;
 /// SHA-256 of its text.
 pub struct Loaded {
     pub raw: RawConfig,
+    /// The effective config: variables substituted, defaults merged, chains inlined.
     pub tree: serde_yaml::Value,
     pub hash: String,
+    /// Where inlined chain entries came from (for error paths).
+    pub origins: expand::Origins,
 }
 
 /// The directory relative file names in a config resolve against.
@@ -49,9 +53,10 @@ pub fn compile_loaded(
         previous,
         version: previous.map_or(1, |p| p.version + 1),
     };
+    let origins = loaded.origins;
     let mut snap = compile(loaded.raw, &env).map_err(|errors| ConfigErrors {
         file: path.display().to_string(),
-        errors,
+        errors: expand::merge_same_cause(origins.rewrite(errors)),
     })?;
     snap.source_hash = loaded.hash;
     snap.source = loaded.tree;
@@ -86,8 +91,14 @@ pub fn load_full(path: &Path) -> Result<Loaded, ConfigErrors> {
         .iter()
         .map(|b| format!("{b:02x}"))
         .collect();
-    let (raw, tree) = parse_tree(&text, &|name| std::env::var(name).ok()).map_err(fail)?;
-    Ok(Loaded { raw, tree, hash })
+    let (raw, tree, origins) =
+        parse_tree_full(&text, &|name| std::env::var(name).ok()).map_err(fail)?;
+    Ok(Loaded {
+        raw,
+        tree,
+        hash,
+        origins,
+    })
 }
 
 /// Parses config text with a given variable lookup: the substituted YAML tree and the typed
@@ -96,6 +107,14 @@ pub fn parse_tree(
     text: &str,
     lookup: &dyn Fn(&str) -> Option<String>,
 ) -> Result<(RawConfig, serde_yaml::Value), Vec<ConfigError>> {
+    parse_tree_full(text, lookup).map(|(raw, tree, _)| (raw, tree))
+}
+
+/// [`parse_tree`], and where inlined chain entries came from.
+pub fn parse_tree_full(
+    text: &str,
+    lookup: &dyn Fn(&str) -> Option<String>,
+) -> Result<(RawConfig, serde_yaml::Value, expand::Origins), Vec<ConfigError>> {
     let mut value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         let at = e
             .location()
@@ -106,17 +125,23 @@ pub fn parse_tree(
     if value.is_null() {
         value = serde_yaml::Value::Mapping(Default::default());
     }
+    expand::prepare(&mut value);
     let mut errors = Vec::new();
     env::substitute(&mut value, "", lookup, &mut errors);
+    if !errors.is_empty() {
+        // one missing variable used in many places is one error
+        return Err(expand::merge_same_cause(errors));
+    }
+    let origins = expand::expand(&mut value, &mut errors);
     if !errors.is_empty() {
         return Err(errors);
     }
     let tree = value.clone();
     serde_path_to_error::deserialize(value)
-        .map(|raw| (raw, tree))
+        .map(|raw| (raw, tree, origins.clone()))
         .map_err(|e| {
             let path = e.path().to_string();
             let path = if path == "." { String::new() } else { path };
-            vec![ConfigError::new(path, e.into_inner().to_string())]
+            origins.rewrite(vec![ConfigError::new(path, e.into_inner().to_string())])
         })
 }
