@@ -14,39 +14,11 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
-use common::{simple_config, TestGateway, TestUpstream};
+use common::{browser_or_skip, simple_config, TestGateway, TestUpstream};
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 
 const SECRET: &str = "browser-test-secret-browser-test-secret";
-
-/// The browser, or `None` when the test is to be skipped (GATEHOUSE_SKIP_BROWSER set).
-fn browser_or_skip() -> Option<String> {
-    match chromium() {
-        Some(b) => Some(b),
-        None if std::env::var_os("GATEHOUSE_SKIP_BROWSER").is_some() => {
-            eprintln!("skipped: no chromium and GATEHOUSE_SKIP_BROWSER is set");
-            None
-        }
-        None => panic!(
-            "chromium is not installed (apt-get install -y chromium), or set GATEHOUSE_SKIP_BROWSER=1"
-        ),
-    }
-}
-
-fn chromium() -> Option<String> {
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find(|b| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {b}"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|b| b.to_string())
-}
 
 /// Serves one HTML page on 127.0.0.1 (reachable as 127.0.0.1 and as localhost: two origins).
 /// The page is set after the server started, once the gateway's port is known.

@@ -15,34 +15,10 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use base64::Engine;
-use common::{free_port, simple_config, TestGateway, TestUpstream};
+use common::{browser_or_skip, free_port, simple_config, TestGateway, TestUpstream};
 use futures_util::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::Message;
-
-fn browser_or_skip() -> Option<String> {
-    let found = ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .find(|b| {
-            Command::new("sh")
-                .arg("-c")
-                .arg(format!("command -v {b}"))
-                .stdout(Stdio::null())
-                .status()
-                .is_ok_and(|s| s.success())
-        })
-        .map(|b| b.to_string());
-    match found {
-        Some(b) => Some(b),
-        None if std::env::var_os("GATEHOUSE_SKIP_BROWSER").is_some() => {
-            eprintln!("skipped: no chromium and GATEHOUSE_SKIP_BROWSER is set");
-            None
-        }
-        None => panic!(
-            "chromium is not installed (apt-get install -y chromium), or set GATEHOUSE_SKIP_BROWSER=1"
-        ),
-    }
-}
 
 type Ws =
     tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
@@ -213,6 +189,31 @@ fn config(
     simple_config(p, &upstreams, routes).replace("admin:\n", &format!("admin:\n{token}"))
 }
 
+/// The backends and the gateway of a test: upstream `a`, upstream `b` (two backends,
+/// health-checked), `down` (nothing listens there); `token`: the admin token (none if empty).
+struct Setup {
+    b1: TestUpstream,
+    b2: TestUpstream,
+    dead: u16,
+    gw: TestGateway,
+    a: TestUpstream,
+}
+
+async fn setup(token: &str) -> Setup {
+    let a = TestUpstream::start("a").await;
+    let b1 = TestUpstream::start("b1").await;
+    let b2 = TestUpstream::start("b2").await;
+    let dead = free_port();
+    let gw = TestGateway::start(|p| config(p, &a, &b1, &b2, dead, token)).await;
+    Setup {
+        b1,
+        b2,
+        dead,
+        gw,
+        a,
+    }
+}
+
 fn artifact(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join(name)
 }
@@ -222,11 +223,13 @@ async fn the_status_page_follows_traffic_health_and_reloads_live() {
     let Some(browser) = browser_or_skip() else {
         return;
     };
-    let a = TestUpstream::start("a").await;
-    let b1 = TestUpstream::start("b1").await;
-    let b2 = TestUpstream::start("b2").await;
-    let dead = free_port();
-    let gw = TestGateway::start(|p| config(p, &a, &b1, &b2, dead, "")).await;
+    let Setup {
+        a,
+        b1,
+        b2,
+        dead,
+        gw,
+    } = setup("").await;
     let mut page = Page::open(&browser, &gw.admin_url("/")).await;
     assert!(
         page.wait_for(
@@ -351,11 +354,13 @@ async fn with_a_token_the_page_asks_for_it_and_the_api_answers_401() {
     let Some(browser) = browser_or_skip() else {
         return;
     };
-    let a = TestUpstream::start("a").await;
-    let b1 = TestUpstream::start("b1").await;
-    let b2 = TestUpstream::start("b2").await;
-    let dead = free_port();
-    let gw = TestGateway::start(|p| config(p, &a, &b1, &b2, dead, "s3cret-token")).await;
+    let Setup {
+        a: _a,
+        b1,
+        b2: _b2,
+        gw,
+        ..
+    } = setup("s3cret-token").await;
     for path in ["/api/status", "/api/routes", "/api/upstreams"] {
         let r = gw.client.get(gw.admin_url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path}");

@@ -705,3 +705,32 @@ impl Load {
         )
     }
 }
+
+/// Headless Chromium for the browser tests (Debian's `chromium`, `.ci/run` installs it).
+/// The browser, or `None` when the test is to be skipped (GATEHOUSE_SKIP_BROWSER set).
+pub fn browser_or_skip() -> Option<String> {
+    match chromium() {
+        Some(b) => Some(b),
+        None if std::env::var_os("GATEHOUSE_SKIP_BROWSER").is_some() => {
+            eprintln!("skipped: no chromium and GATEHOUSE_SKIP_BROWSER is set");
+            None
+        }
+        None => panic!(
+            "chromium is not installed (apt-get install -y chromium), or set GATEHOUSE_SKIP_BROWSER=1"
+        ),
+    }
+}
+
+fn chromium() -> Option<String> {
+    ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .find(|b| {
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("command -v {b}"))
+                .stdout(Stdio::null())
+                .status()
+                .is_ok_and(|s| s.success())
+        })
+        .map(|b| b.to_string())
+}
