@@ -17,11 +17,13 @@ fn base(p: &Ports) -> String {
 }
 
 /// Version `k` of a config: a stable route on `stable_backend`, one route per applied version
-/// (`/r0` .. `/rk`) and a rate limit that changes with `k`.
+/// (`/r0` .. `/rk`) and a rate limit that changes with `k`. The health check's timeout is
+/// generous: a backend's first probe decides its health, and one probe stalled past a short
+/// timeout on a loaded machine would take the stable route down for a second or two.
 fn version(p: &Ports, k: usize, stable_backend: &TestUpstream, other: &TestUpstream) -> String {
     let mut s = base(p);
     s.push_str(&format!(
-        "upstreams:\n  stable:\n    backends: [\"{}\"]\n    health_check: {{ http: {{ path: /health }}, interval: 500ms, timeout: 300ms }}\n  other:\n    backends: [\"{}\"]\nroutes:\n  - id: stable\n    match: {{ path_prefix: /stable }}\n    upstream: stable\n    plugins:\n      - rate_limit: {{ key: global, requests: {}, per: 1s }}\n",
+        "upstreams:\n  stable:\n    backends: [\"{}\"]\n    health_check: {{ http: {{ path: /health }}, interval: 500ms, timeout: 2s }}\n  other:\n    backends: [\"{}\"]\nroutes:\n  - id: stable\n    match: {{ path_prefix: /stable }}\n    upstream: stable\n    plugins:\n      - rate_limit: {{ key: global, requests: {}, per: 1s }}\n",
         stable_backend.addr,
         other.addr,
         100_000 + k
