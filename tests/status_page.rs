@@ -280,6 +280,20 @@ async fn the_status_page_follows_traffic_health_and_reloads_live() {
         "the route counter shows {}",
         page.eval(requests).await
     );
+    // the backend counted every attempt, and none is left in flight
+    let u: Value = gw
+        .client
+        .get(gw.admin_url("/api/upstreams"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let a_backend = &u["upstreams"][0]["backends"][0];
+    assert_eq!(u["upstreams"][0]["name"], "a");
+    assert_eq!(a_backend["attempts_total"], 25, "{u}");
+    assert_eq!(a_backend["in_flight"], 0, "{u}");
     assert_eq!(
         page.eval("document.querySelector('tr[data-route=\"ra\"] .plugins').textContent")
             .await,

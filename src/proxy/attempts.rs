@@ -46,11 +46,27 @@ pub(crate) struct AttemptState {
     fresh_connection: bool,
     /// When the current attempt started (backend chosen).
     started: Option<Instant>,
-    /// Counts the current attempt as in flight to its backend until the next attempt or the
-    /// request's end.
-    in_flight: Option<crate::upstream::group::InFlight>,
     /// Time spent waiting for upstream response headers, all attempts.
     upstream_time: Duration,
+}
+
+impl AttemptState {
+    /// The next attempt goes to `b`: it is in flight there (the previous one no longer) until
+    /// the next attempt or the request's end.
+    fn begin(&mut self, b: Arc<Member>) {
+        b.begin();
+        if let Some(prev) = self.backend.replace(b) {
+            prev.end();
+        }
+    }
+}
+
+impl Drop for AttemptState {
+    fn drop(&mut self) {
+        if let Some(b) = &self.backend {
+            b.end();
+        }
+    }
 }
 
 impl AttemptState {
@@ -180,8 +196,7 @@ pub(super) async fn upstream_peer(
             error: None,
         });
     }
-    ctx.attempt.in_flight = Some(crate::upstream::group::InFlight::new(&backend.state));
-    ctx.attempt.backend = Some(backend);
+    ctx.attempt.begin(backend);
     Ok(Box::new(peer))
 }
 

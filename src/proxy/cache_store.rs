@@ -397,6 +397,29 @@ impl TieredStore {
     }
 }
 
+/// What both hit handlers do alike (besides an empty `finish`, which `async_trait` must see
+/// written out): seekable (ranges), no access counted by Pingora (the store runs its LRUs
+/// itself), and the downcasts.
+macro_rules! hit_common {
+    () => {
+        fn can_seek(&self) -> bool {
+            true
+        }
+
+        fn should_count_access(&self) -> bool {
+            false
+        }
+
+        fn as_any(&self) -> &(dyn Any + Send + Sync) {
+            self
+        }
+
+        fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
+            self
+        }
+    };
+}
+
 struct Hit {
     body: Bytes,
     done: bool,
@@ -425,9 +448,7 @@ impl HandleHit for Hit {
         Ok(())
     }
 
-    fn can_seek(&self) -> bool {
-        true
-    }
+    hit_common!();
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         if start >= self.body.len() {
@@ -437,18 +458,6 @@ impl HandleHit for Hit {
         self.end = end.map_or(self.body.len(), |e| e.min(self.body.len()));
         self.done = false;
         Ok(())
-    }
-
-    fn should_count_access(&self) -> bool {
-        false
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
     }
 }
 
@@ -541,9 +550,7 @@ impl HandleHit for DiskHit {
         Ok(())
     }
 
-    fn can_seek(&self) -> bool {
-        true
-    }
+    hit_common!();
 
     fn seek(&mut self, start: usize, end: Option<usize>) -> Result<()> {
         let len = self.obj.body_len();
@@ -554,18 +561,6 @@ impl HandleHit for DiskHit {
         self.end = end.map_or(len, |e| (e as u64).min(len));
         self.ahead = None;
         Ok(())
-    }
-
-    fn should_count_access(&self) -> bool {
-        false
-    }
-
-    fn as_any(&self) -> &(dyn Any + Send + Sync) {
-        self
-    }
-
-    fn as_any_mut(&mut self) -> &mut (dyn Any + Send + Sync) {
-        self
     }
 }
 

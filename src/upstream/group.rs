@@ -103,22 +103,16 @@ impl BackendState {
     pub(crate) fn failed(&self) {
         self.failures.fetch_add(1, Ordering::Relaxed);
     }
-}
 
-/// An attempt in flight to a backend: counted while it lives.
-pub(crate) struct InFlight(Arc<BackendState>);
-
-impl InFlight {
-    pub(crate) fn new(b: &Arc<BackendState>) -> Self {
-        b.attempts.fetch_add(1, Ordering::Relaxed);
-        b.in_flight.fetch_add(1, Ordering::Relaxed);
-        InFlight(Arc::clone(b))
+    /// An attempt to this backend starts (counted, and in flight until [`Self::end`]).
+    pub(crate) fn begin(&self) {
+        self.attempts.fetch_add(1, Ordering::Relaxed);
+        self.in_flight.fetch_add(1, Ordering::Relaxed);
     }
-}
 
-impl Drop for InFlight {
-    fn drop(&mut self) {
-        self.0.in_flight.fetch_sub(1, Ordering::Relaxed);
+    /// An attempt [`Self::begin`] counted is over.
+    pub(crate) fn end(&self) {
+        self.in_flight.fetch_sub(1, Ordering::Relaxed);
     }
 }
 
