@@ -13,7 +13,8 @@ FROM debian:bookworm-slim
 RUN apt-get update && apt-get install -y --no-install-recommends ca-certificates libmodsecurity3 modsecurity-crs \
     && rm -rf /var/lib/apt/lists/* \
     && useradd --system --uid 10001 --home-dir /nonexistent --shell /usr/sbin/nologin gatehouse \
-    && install -d -o gatehouse -g gatehouse /var/cache/gatehouse
+    && install -d -o gatehouse -g gatehouse /var/cache/gatehouse \
+    && install -d -m 700 -o gatehouse -g gatehouse /var/lib/gatehouse/acme
 COPY --from=build /src/target/release/gatehouse /usr/local/bin/gatehouse
 COPY conf/ /etc/gatehouse/
 USER gatehouse
@@ -25,6 +26,9 @@ EXPOSE 8080 9180
 # The disk cache tier's directory (server.cache.disk.path in conf/examples/caching.yaml):
 # mount a volume here to keep the cache across container restarts.
 VOLUME /var/cache/gatehouse
+# ACME state (acme.state_dir in conf/examples/acme.yaml): the account key and the issued
+# certificates; keep it, or every restart orders anew (and meets the CA's rate limits).
+VOLUME /var/lib/gatehouse/acme
 # SIGTERM drains in-flight requests for server.grace_period, then exits.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/gatehouse"]

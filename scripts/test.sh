@@ -2,7 +2,7 @@
 # Runs the whole test suite: installs what the tests need when it is missing (cmake for
 # Pingora's zlib-ng, Debian's chromium for the browser CORS test, prometheus for promtool
 # and a real scrape, nghttp2-client for h2load, libmodsecurity-dev and modsecurity-crs for
-# the WAF), runs every unit and
+# the WAF, pebble for ACME), runs every unit and
 # integration test, then checks every shipped config with `gatehouse check` (and the custom
 # plugin example's config with that example).
 set -euo pipefail
@@ -13,8 +13,9 @@ cd "$(dirname "$0")/.."
 # used there too, are part of the base system); nginx: the side-by-side corpus in
 # tests/hardening.rs; redis-server: the shared counters in tests/redis.rs; pkg-config,
 # libmodsecurity-dev and modsecurity-crs: the `waf` plugin and tests/waf.rs; e2fsprogs
-# (chattr): a read-only cache directory for root in tests/cache_disk.rs
-./scripts/install-missing.sh cmake chattr:e2fsprogs chromium promtool:prometheus h2load:nghttp2-client openssl curl nginx redis-server \
+# (chattr): a read-only cache directory for root in tests/cache_disk.rs; pebble (with
+# pebble-challtestsrv): the ACME CA of tests/acme.rs
+./scripts/install-missing.sh cmake chattr:e2fsprogs pebble pebble-challtestsrv:pebble chromium promtool:prometheus h2load:nghttp2-client openssl curl nginx redis-server \
   pkg-config /usr/include/modsecurity/modsecurity.h:libmodsecurity-dev /usr/share/modsecurity-crs/rules/REQUEST-901-INITIALIZATION.conf:modsecurity-crs
 
 cargo test --workspace

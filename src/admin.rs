@@ -314,8 +314,50 @@ impl AdminApp {
             "/cache/purge" if !self.authorized(r.authorization) => unauthorized(),
             // async: the purge is published to the other instances
             "/cache/purge" => self.purge(r.body).await,
+            "/acme" | "/acme/renew" if !self.authorized(r.authorization) => unauthorized(),
+            "/acme" if r.method == http::Method::GET => {
+                json(StatusCode::OK, crate::acme::store().report())
+            }
+            "/acme/renew" if r.method == http::Method::POST => self.acme_renew(r),
+            "/acme" | "/acme/renew" => {
+                json_error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed")
+            }
             _ => self.handle(r),
         }
+    }
+
+    /// `POST /acme/renew[?name=N]`: the certificate serving `N` (every one without) is ordered
+    /// anew now, whatever its expiry; the old one serves until the new one is in hand.
+    fn acme_renew(&self, r: &AdminRequest<'_>) -> Response<Vec<u8>> {
+        let snap = self.state.snapshot();
+        if snap.acme.is_none() {
+            return json_error(StatusCode::NOT_FOUND, "no `acme` section in the config");
+        }
+        let name = query_param(r.query, "name").map(|n| n.to_ascii_lowercase());
+        let managed: Vec<String> = (snap.server.listeners.iter())
+            .filter_map(|l| l.tls.as_ref())
+            .flat_map(|t| t.acme_names.iter().cloned())
+            .collect();
+        match &name {
+            Some(n) if !managed.contains(n) => {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "no listener lists this name under tls.acme",
+                );
+            }
+            None if managed.is_empty() => {
+                return json_error(
+                    StatusCode::NOT_FOUND,
+                    "no listener lists names under tls.acme",
+                );
+            }
+            _ => {}
+        }
+        crate::acme::store().force_renewal(name.as_deref());
+        json(
+            StatusCode::ACCEPTED,
+            serde_json::json!({ "renewing": name.map_or(managed, |n| vec![n]) }),
+        )
     }
 
     /// The status page (`/`, its assets) and its JSON API (`/api/*`, read-only; the admin

@@ -264,6 +264,14 @@ pub fn run(opts: RunOptions, loaded: Loaded, registry: Registry) -> Result<(), A
             cache,
         },
     ));
+    // certificates from the `acme` CA (idle without one; a reload may add it)
+    server.add_service(background_service(
+        "acme",
+        crate::acme::service::AcmeService {
+            state: Arc::clone(&state),
+            metrics: Arc::clone(&metrics),
+        },
+    ));
     let watch_file = server_cfg.watch_config;
     server.add_service(background_service(
         "reload",

@@ -6,6 +6,7 @@
 //! [`cli`] is the command line, one entry point for the built-in and any custom registry.
 
 pub mod access_log;
+pub mod acme;
 pub mod admin;
 pub mod app;
 pub mod cli;

@@ -60,6 +60,8 @@ pub(crate) struct TlsMetrics {
     /// HTTP/2 streams (requests) open now, and served.
     pub(crate) h2_streams_active: IntGauge,
     pub(crate) h2_streams: IntCounter,
+    /// ACME orders by result: `ok` (a certificate issued and installed), `error`.
+    pub(crate) acme_orders: IntCounterVec,
 }
 
 impl TlsMetrics {
@@ -90,7 +92,15 @@ impl TlsMetrics {
                 ),
                 &["listener", "certificate"],
             )?,
+            acme_orders: counter_vec(
+                "gatehouse_acme_orders_total",
+                "ACME certificate orders by result: ok (issued and installed) or error (the CA refused, a challenge failed, or the CA was unreachable).",
+                &["result"],
+            )?,
         };
+        for r in ["ok", "error"] {
+            m.acme_orders.with_label_values(&[r]);
+        }
         register(
             registry,
             vec![
@@ -99,6 +109,7 @@ impl TlsMetrics {
                 Box::new(m.sessions.clone()),
                 Box::new(m.h2_streams_active.clone()),
                 Box::new(m.h2_streams.clone()),
+                Box::new(m.acme_orders.clone()),
             ],
         )?;
         Ok(m)

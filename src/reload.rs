@@ -276,6 +276,8 @@ pub(crate) fn publish(
     sync_series(metrics, Some(&prev), &next);
     start_plugins(Some(&prev), &next);
     state.publish(next);
+    // the ACME service looks at the new listeners' names now
+    crate::acme::store().wake();
 }
 
 /// Tells the plugin instances that are new in `next` that they serve from now on (they start

@@ -172,6 +172,8 @@ pub struct Snapshot {
     pub redis: Option<Arc<crate::redis_link::RedisLink>>,
     /// The span exporter (`tracing:`), when configured.
     pub tracing: Option<Arc<crate::otlp::Tracer>>,
+    /// The ACME CA and state (`acme:`), when configured.
+    pub acme: Option<Arc<crate::acme::AcmeSettings>>,
 }
 
 impl Snapshot {

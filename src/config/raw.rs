@@ -30,6 +30,50 @@ pub struct RawConfig {
     /// Span export (OTLP).
     #[serde(default)]
     pub tracing: Option<RawTracing>,
+    /// Certificates obtained and renewed from an ACME CA (listeners' `tls.acme`).
+    #[serde(default)]
+    pub acme: Option<RawAcme>,
+}
+
+/// `acme:` the CA certificates are ordered from, and where its state is kept.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RawAcme {
+    /// The CA's RFC 8555 directory URL (https).
+    pub directory: String,
+    /// The account's contact (`mailto:`), optional.
+    #[serde(default)]
+    pub email: Option<String>,
+    /// PEM file of the roots that sign the ACME server's own certificate (a private CA, a
+    /// test CA); absent: the system's roots.
+    #[serde(default)]
+    pub ca_roots: Option<String>,
+    /// Account key, certificates and keys; survives restarts; may be shared by instances.
+    pub state_dir: String,
+    /// How names are proven: `http-01` (on a plain listener: port 80 for a public CA) or
+    /// `tls-alpn-01` (on the HTTPS listener itself: port 443).
+    #[serde(default)]
+    pub challenge: AcmeChallenge,
+    /// A certificate is renewed this long before it expires (at most a third of its life).
+    #[serde(default = "default_renew_before")]
+    pub renew_before: NonZeroDur,
+}
+
+fn default_renew_before() -> NonZeroDur {
+    NonZeroDur(std::time::Duration::from_secs(30 * 86_400))
+}
+
+/// `acme.challenge`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+pub enum AcmeChallenge {
+    /// The CA fetches `http://<name>/.well-known/acme-challenge/<token>`.
+    #[default]
+    #[serde(rename = "http-01")]
+    Http01,
+    /// The CA opens a TLS connection to `<name>:443` offering only ALPN `acme-tls/1` and
+    /// checks the certificate it gets (RFC 8737).
+    #[serde(rename = "tls-alpn-01")]
+    TlsAlpn01,
 }
 
 /// `tracing:` spans exported over OTLP/HTTP.
@@ -431,7 +475,12 @@ pub struct RawListener {
 #[serde(deny_unknown_fields)]
 pub struct RawTls {
     /// Chosen by SNI: exact name, then a `*.` wildcard, among each certificate's DNS names.
+    #[serde(default)]
     pub certificates: Vec<RawCertificate>,
+    /// Names served with one certificate obtained from the `acme` CA (beside or instead of
+    /// `certificates`; for these names it is preferred once issued).
+    #[serde(default)]
+    pub acme: Vec<String>,
     /// Index into `certificates` for clients without SNI or with an unknown name; absent:
     /// such handshakes are refused.
     #[serde(default)]

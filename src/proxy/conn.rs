@@ -216,6 +216,11 @@ impl<A: HttpServerApp + Send + Sync + 'static> ServerApp for Guarded<A> {
                 };
                 let protocol = match stream.selected_alpn_proto() {
                     Some(ALPN::H2) => "h2",
+                    Some(ALPN::Custom(c)) if c.protocol() == crate::acme::ACME_TLS_ALPN => {
+                        // a TLS-ALPN-01 validation: the handshake was the answer (RFC 8737:
+                        // no data follows)
+                        return None;
+                    }
                     _ => "http/1.1",
                 };
                 m.sessions

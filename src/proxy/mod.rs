@@ -153,6 +153,9 @@ fn admit(s: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
     if let Some(reply) = limits::check_head(req, &ctx.snap.server) {
         return Err(Stop::new(reply, Failure::HeadTooLarge, true));
     }
+    if let Some(reply) = acme_challenge(req, ctx) {
+        return Err(reply);
+    }
     let host = logging::host_of(s);
     let idx = (ctx.snap.router).lookup(host, req.uri.path(), &req.method, &req.headers);
     let Some(route) = idx.and_then(|i| ctx.snap.routes.get(i)).cloned() else {
@@ -181,6 +184,30 @@ fn admit(s: &Session, ctx: &mut Ctx) -> std::result::Result<(), Stop> {
     ctx.info.route_id = Arc::clone(&route.id);
     ctx.route = Some(route);
     gate
+}
+
+/// The answer to an ACME HTTP-01 challenge of an order in progress, before routing (on
+/// every listener: a CA follows redirects to HTTPS, and the first order has no certificate
+/// yet). A token gatehouse did not issue goes on to routing, so a backend may answer its own.
+fn acme_challenge(req: &RequestHeader, ctx: &Ctx) -> Option<Stop> {
+    let settings = ctx.snap.acme.as_ref()?;
+    let token = crate::acme::challenge_token(req.uri.path())?;
+    let answer = (crate::acme::store().http01(token))
+        .or_else(|| crate::acme::shared_http01(settings, token))?;
+    log::info!("acme: answered the HTTP-01 challenge {token}");
+    let reply = Reply {
+        status: 200,
+        headers: Vec::new(),
+        body: gatehouse_plugins::api::ReplyBody::Raw {
+            content_type: http::HeaderValue::from_static("text/plain"),
+            bytes: bytes::Bytes::from(answer),
+        },
+    };
+    Some(Stop {
+        reply,
+        failure: None,
+        close: false,
+    })
 }
 
 /// `host` without its port (`[v6]` keeps its brackets).

@@ -240,8 +240,10 @@ impl Board {
                     .tls
                     .as_ref()
                     .map(|t| {
-                        t.expiries
-                            .iter()
+                        // the ACME certificate (named by its first name) and the files'
+                        let acme = (t.acme_names.first())
+                            .and_then(|n| Some((n.clone(), crate::acme::store().not_after(n)?)));
+                        (acme.iter().chain(t.expiries.iter()))
                             .map(|(name, not_after)| {
                                 let left = (*not_after - now_s as i64) / 86_400;
                                 json!({"name": name, "not_after_ms": not_after.saturating_mul(1000), "days_left": left})

@@ -16,7 +16,8 @@ pub(crate) struct LoadedCert {
     pub(crate) key: Arc<CertifiedKey>,
     /// Lowercase DNS names (`*.example.com` for a wildcard).
     pub(crate) names: Vec<String>,
-    /// When the leaf expires (Unix seconds).
+    /// When the leaf became valid and when it expires (Unix seconds).
+    pub(crate) not_before: i64,
     pub(crate) not_after: i64,
     /// SHA-256 of the files' bytes (to tell a changed file on reload).
     pub(crate) digest: [u8; 32],
@@ -58,7 +59,8 @@ pub(crate) fn from_pem(
         .map_err(|e| format!("`{key_name}`: no PEM private key: {e}"))?;
     let signing = rustls::crypto::ring::sign::any_supported_type(&private)
         .map_err(|e| format!("`{key_name}`: unsupported private key: {e}"))?;
-    let (names, not_after) = leaf_facts(leaf).map_err(|e| format!("`{cert_name}`: {e}"))?;
+    let (names, not_before, not_after) =
+        leaf_facts(leaf).map_err(|e| format!("`{cert_name}`: {e}"))?;
     if not_after < now {
         return Err(format!(
             "`{cert_name}` expired (not after {})",
@@ -77,13 +79,14 @@ pub(crate) fn from_pem(
         key_der: private.secret_der().to_vec(),
         key: Arc::new(certified),
         names,
+        not_before,
         not_after,
         digest: h.finalize().into(),
     })
 }
 
-/// The leaf's DNS names and expiry.
-fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
+/// The leaf's DNS names, start and expiry.
+fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64, i64), String> {
     let (_, x) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| format!("the leaf certificate does not parse: {e}"))?;
     let mut names: Vec<String> = match x.subject_alternative_name() {
@@ -106,5 +109,6 @@ fn leaf_facts(der: &CertificateDer<'_>) -> Result<(Vec<String>, i64), String> {
                 .map(str::to_ascii_lowercase),
         );
     }
-    Ok((names, x.validity().not_after.timestamp()))
+    let v = x.validity();
+    Ok((names, v.not_before.timestamp(), v.not_after.timestamp()))
 }

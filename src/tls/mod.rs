@@ -49,6 +49,8 @@ pub struct TlsListener {
     pub(crate) files: Vec<std::path::PathBuf>,
     /// Whether clients are asked for a certificate.
     pub(crate) client_auth: crate::config::raw::ClientAuthMode,
+    /// Names served with the certificate the ACME service obtains (`tls.acme`), lowercase.
+    pub(crate) acme_names: Vec<String>,
 }
 
 impl fmt::Debug for TlsListener {
@@ -74,11 +76,16 @@ pub(crate) fn compile(
     base_dir: &Path,
     s: &mut Scope<'_>,
 ) -> Option<Arc<TlsListener>> {
-    if tls.certificates.is_empty() {
-        s.error_at("certificates", "needs at least one certificate");
+    if tls.certificates.is_empty() && tls.acme.is_empty() {
+        s.error_at(
+            "certificates",
+            "needs at least one certificate (or names under `acme`)",
+        );
     }
+    let acme_names = crate::acme::check_names(&tls.acme, s);
     let now = now_unix();
     let mut resolver = sni::SniResolver::default();
+    resolver.set_acme(&acme_names);
     let mut digest = Vec::with_capacity(32 * tls.certificates.len());
     let mut expiries = Vec::new();
     let mut keys = Vec::new();
@@ -134,6 +141,12 @@ pub(crate) fn compile(
     };
     let mut config = config.with_cert_resolver(Arc::new(resolver));
     config.alpn_protocols = alpn;
+    if !acme_names.is_empty() {
+        // offered last: chosen only by a CA validating TLS-ALPN-01, which offers nothing else
+        config
+            .alpn_protocols
+            .push(crate::acme::ACME_TLS_ALPN.to_vec());
+    }
     Some(Arc::new(TlsListener {
         acceptor: Acceptor::from_server_config(Arc::new(config)),
         handshake_timeout: tls.handshake_timeout.0,
@@ -141,6 +154,7 @@ pub(crate) fn compile(
         expiries,
         files,
         client_auth: tls.client_auth.mode,
+        acme_names,
     }))
 }
 

@@ -2,7 +2,10 @@
 //! wildcard (`*.example.com` serves `a.example.com`, never `example.com` or `a.b.example.com`),
 //! then the listener's default certificate. Without a default, a client without SNI or with
 //! an unknown name gets no certificate and the handshake fails. No I/O: the map is built when
-//! the config is compiled and replaced whole on reload.
+//! the config is compiled and replaced whole on reload. Names the listener lists under
+//! `tls.acme` are served first with the certificate the ACME service installed for them
+//! (read from its store at each handshake, so an issued or renewed certificate is served at
+//! once, with no reload); until there is one, the files' certificates apply.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -17,6 +20,8 @@ pub(crate) struct SniResolver {
     /// keyed by the suffix after `*.`
     wildcard: HashMap<String, Arc<CertifiedKey>>,
     default: Option<Arc<CertifiedKey>>,
+    /// Names served from the ACME store.
+    acme: std::collections::HashSet<String>,
 }
 
 impl SniResolver {
@@ -32,6 +37,10 @@ impl SniResolver {
         }
     }
 
+    pub(crate) fn set_acme(&mut self, names: &[String]) {
+        self.acme = names.iter().cloned().collect();
+    }
+
     pub(crate) fn set_default(&mut self, key: Arc<CertifiedKey>) {
         self.default = Some(key);
     }
@@ -40,6 +49,11 @@ impl SniResolver {
     pub(crate) fn lookup(&self, name: Option<&str>) -> Option<Arc<CertifiedKey>> {
         let found = name.and_then(|n| {
             let n = n.trim_end_matches('.').to_ascii_lowercase();
+            if self.acme.contains(&n) {
+                if let Some(k) = crate::acme::store().cert(&n) {
+                    return Some(k);
+                }
+            }
             self.exact.get(&n).cloned().or_else(|| {
                 let (_, parent) = n.split_once('.')?;
                 self.wildcard.get(parent).cloned()
@@ -51,6 +65,21 @@ impl SniResolver {
 
 impl ResolvesServerCert for SniResolver {
     fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        // an ACME CA validating TLS-ALPN-01 for a name this listener lists gets the
+        // challenge certificate of the order in progress, and nothing else does
+        if hello
+            .alpn()
+            .is_some_and(|mut a| a.any(|p| p == crate::acme::ACME_TLS_ALPN))
+        {
+            let name = hello
+                .server_name()?
+                .trim_end_matches('.')
+                .to_ascii_lowercase();
+            if !self.acme.contains(&name) {
+                return None;
+            }
+            return crate::acme::store().alpn01(&name);
+        }
         self.lookup(hello.server_name())
     }
 }

@@ -1,0 +1,671 @@
+//! ACME against a real CA on loopback (pebble): certificates obtained for a listener's names
+//! over HTTP-01, served by the next handshake and chaining to the CA's root; kept across a
+//! restart (no new order, the account reused); renewed under load with no failed request;
+//! kept serving when the CA refuses; ordered once by instances sharing a state directory.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+mod common;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::pebble::Pebble;
+use common::pki::fingerprint;
+use common::{check_yaml, eventually, free_port, Load, Ports, TestGateway, TestUpstream};
+
+/// A gateway with a plain listener on `http` (where the CA validates), an HTTPS listener on
+/// `tls` serving `names` from the CA, and the harness's own plain listener.
+fn config(
+    p: &Ports,
+    http: u16,
+    tls: u16,
+    names: &[&str],
+    pebble: &Pebble,
+    state: &Path,
+    backend: &str,
+) -> String {
+    config_with(p, http, tls, names, pebble, state, backend, "http-01")
+}
+
+#[allow(clippy::too_many_arguments)]
+fn config_with(
+    p: &Ports,
+    http: u16,
+    tls: u16,
+    names: &[&str],
+    pebble: &Pebble,
+    state: &Path,
+    backend: &str,
+    challenge: &str,
+) -> String {
+    format!(
+        r#"server:
+  listen:
+    - "127.0.0.1:{proxy}"
+    - "127.0.0.1:{http}"
+    - addr: "127.0.0.1:{tls}"
+      tls: {{ acme: [{names}] }}
+  threads: 2
+  grace_period: 1s
+  access_log: {log}
+admin:
+  listen: "127.0.0.1:{admin}"
+acme:
+  directory: {dir}
+  email: ops@example.com
+  ca_roots: {roots}
+  state_dir: {state}
+  renew_before: 30d
+  challenge: {challenge}
+upstreams:
+  app:
+    backends: ["{backend}"]
+routes:
+  - id: app
+    match: {{ path_prefix: / }}
+    upstream: app
+"#,
+        proxy = p.proxy,
+        admin = p.admin,
+        log = p.access_log.display(),
+        names = names.join(", "),
+        dir = pebble.directory,
+        roots = pebble.ca_roots.display(),
+        state = state.display(),
+    )
+}
+
+/// What the listener on `port` serves for `sni`, verified against `root` only: (leaf
+/// fingerprint, leaf DNS names, chain length).
+async fn served(port: u16, sni: &str, root: &str) -> Result<(String, Vec<String>, usize), String> {
+    use rustls_pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
+    let connect = async {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())
+    };
+    let conn = tokio::time::timeout(Duration::from_secs(5), connect)
+        .await
+        .map_err(|_| "handshake timed out".to_string())??;
+    let chain = conn.get_ref().1.peer_certificates().unwrap_or_default();
+    let leaf = chain.first().ok_or("no certificate")?;
+    let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
+    let names = x
+        .subject_alternative_name()
+        .unwrap()
+        .map(|s| {
+            s.value
+                .general_names
+                .iter()
+                .filter_map(|g| match g {
+                    x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+                    _ => None,
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    Ok((fingerprint(leaf.as_ref()), names, chain.len()))
+}
+
+/// A client trusting only `root`, sending `names` to the listener on `port`, one new
+/// connection (and handshake) per request.
+fn client(root: &str, port: u16, names: &[&str]) -> reqwest::Client {
+    let mut b = reqwest::Client::builder()
+        .use_rustls_tls()
+        .tls_built_in_root_certs(false)
+        .add_root_certificate(reqwest::Certificate::from_pem(root.as_bytes()).unwrap())
+        .pool_max_idle_per_host(0)
+        .timeout(Duration::from_secs(10));
+    for n in names {
+        b = b.resolve(n, std::net::SocketAddr::from(([127, 0, 0, 1], port)));
+    }
+    b.build().unwrap()
+}
+
+/// Polls `f` every 100 ms until it gives a value or `max` passes.
+async fn poll<T, F, Fut>(max: Duration, mut f: F) -> Option<T>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = std::time::Instant::now() + max;
+    loop {
+        if let Some(v) = f().await {
+            return Some(v);
+        }
+        if std::time::Instant::now() >= deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn report(gw: &TestGateway) -> serde_json::Value {
+    let r = gw.client.get(gw.admin_url("/acme")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    r.json().await.unwrap()
+}
+
+async fn cert_field(gw: &TestGateway, field: &str) -> serde_json::Value {
+    report(gw).await["certificates"][0][field].clone()
+}
+
+async fn renew(gw: &TestGateway, name: &str) {
+    let r = gw
+        .client
+        .post(gw.admin_url(&format!("/acme/renew?name={name}")))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refused() {
+    let backend = TestUpstream::start("app").await;
+    let (http, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(http, tls);
+    let root = pebble.root_pem().await;
+    let state = tempfile::tempdir().unwrap();
+    let names = ["a.test", "b.test"];
+    let yaml = |p: &Ports| {
+        config(
+            p,
+            http,
+            tls,
+            &names,
+            &pebble,
+            state.path(),
+            &backend.addr.to_string(),
+        )
+    };
+
+    // 1. issuance: both names, one certificate, chaining to pebble's root, served by the
+    // next handshake without a reload
+    let gw = TestGateway::start(yaml).await;
+    let first = poll(Duration::from_secs(60), || async {
+        served(tls, "a.test", &root).await.ok()
+    })
+    .await;
+    assert!(
+        first.is_some(),
+        "no certificate served\n{}\n{}",
+        gw.stderr(),
+        pebble.log()
+    );
+    let (fp, sans, chain_len) = first.unwrap();
+    let mut sans = sans;
+    sans.sort();
+    assert_eq!(sans, vec!["a.test", "b.test"]);
+    assert!(chain_len >= 2, "leaf and intermediate: {chain_len}");
+    let (fp_b, _, _) = served(tls, "b.test", &root).await.unwrap();
+    assert_eq!(fp_b, fp, "one certificate for both names");
+    // a name the listener does not list gets no certificate
+    assert!(served(tls, "c.test", &root).await.is_err());
+    let c = client(&root, tls, &names);
+    let r = c
+        .get(format!("https://b.test:{tls}/hello"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(backend.last().path, "/hello");
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
+    let m = gw.metrics().await;
+    let expiry = format!("gatehouse_tls_certificate_expiry_seconds{{certificate=\"a.test\",listener=\"127.0.0.1:{tls}\"}}");
+    assert!(m.contains(&expiry), "{m}");
+    assert_eq!(cert_field(&gw, "fingerprint").await, fp.as_str());
+    let log = gw.stderr();
+    assert!(
+        log.contains("account") && log.contains("created at"),
+        "{log}"
+    );
+    assert!(log.contains("answered the HTTP-01 challenge"), "{log}");
+    // the state: account and certificate with its key, owner-only
+    use std::os::unix::fs::PermissionsExt;
+    let files: Vec<_> = ["accounts", "certificates"]
+        .iter()
+        .flat_map(|d| std::fs::read_dir(state.path().join(d)).unwrap())
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "pem"))
+        .collect();
+    assert_eq!(files.len(), 2, "{files:?}");
+    for f in &files {
+        let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{}", f.display());
+    }
+
+    // 2. a restart serves the kept certificate at once: no order, no new account
+    drop(gw);
+    let gw = TestGateway::start(yaml).await;
+    assert!(
+        eventually(Duration::from_secs(10), || async {
+            served(tls, "a.test", &root).await.is_ok_and(|s| s.0 == fp)
+        })
+        .await,
+        "the kept certificate is not served after a restart\n{}",
+        gw.stderr()
+    );
+    assert_eq!(cert_field(&gw, "orders").await, 0);
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
+            .await,
+        0.0
+    );
+    assert!(gw
+        .stderr()
+        .contains("serving the certificate for a.test, b.test from"));
+
+    // 3. a renewal (asked for by the operator) under load: the new certificate is served,
+    // no request fails, the account is the one made before
+    let load = Load::start(&c, format!("https://a.test:{tls}/load"), 4);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    renew(&gw, "a.test").await;
+    let now_served = poll(Duration::from_secs(60), || async {
+        served(tls, "a.test", &root)
+            .await
+            .ok()
+            .map(|s| s.0)
+            .filter(|f| *f != fp)
+    })
+    .await;
+    let renewed = now_served.is_some();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (ok, failed) = load.stop().await;
+    assert!(renewed, "not renewed\n{}\n{}", gw.stderr(), pebble.log());
+    assert_eq!(
+        failed, 0,
+        "requests failed during the renewal ({ok} succeeded)"
+    );
+    assert!(ok > 10, "{ok}");
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
+    let log = gw.stderr();
+    assert!(log.contains("reused from"), "{log}");
+    assert!(!log.contains("created at"), "{log}");
+    assert_eq!(
+        std::fs::read_dir(state.path().join("accounts"))
+            .unwrap()
+            .filter(|e| e
+                .as_ref()
+                .unwrap()
+                .path()
+                .extension()
+                .is_some_and(|x| x == "json"))
+            .count(),
+        1
+    );
+    let renewed_fp = now_served.unwrap();
+
+    // 4. the CA refuses (its validation of a.test cannot reach the gateway): the error is
+    // reported with the CA's text, the certificate in hand keeps serving
+    pebble.set_address("a.test", "127.0.0.2").await;
+    renew(&gw, "a.test").await;
+    let err = poll(Duration::from_secs(60), || async {
+        cert_field(&gw, "last_error")
+            .await
+            .as_str()
+            .map(str::to_string)
+    })
+    .await;
+    assert!(err.is_some(), "no failure reported\n{}", gw.stderr());
+    let text = err.unwrap();
+    assert!(
+        text.contains("127.0.0.2") && text.contains("refused"),
+        "{text}"
+    );
+    assert!(
+        text.contains("urn:ietf:params:acme:error:connection"),
+        "{text}"
+    );
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_total{result=\"error\"}")
+            .await,
+        1.0
+    );
+    assert!(cert_field(&gw, "next_try").await.as_i64().is_some());
+    assert!(gw.stderr().contains("no certificate for a.test, b.test"));
+    assert_eq!(served(tls, "a.test", &root).await.unwrap().0, renewed_fp);
+    let r = c
+        .get(format!("https://a.test:{tls}/after"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // nothing of the failed order is left to answer
+    assert_eq!(
+        std::fs::read_dir(state.path().join("challenges"))
+            .unwrap()
+            .count(),
+        0
+    );
+    pebble.clear_address("a.test").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn instances_sharing_a_state_directory_order_once() {
+    let backend = TestUpstream::start("app").await;
+    // the CA validates on the first instance's port; the second answers through the files
+    // the ordering instance writes into the shared directory
+    let (http_a, tls_a, http_b, tls_b) = (free_port(), free_port(), free_port(), free_port());
+    let pebble = Pebble::start(http_a, tls_a);
+    let root = pebble.root_pem().await;
+    let state = tempfile::tempdir().unwrap();
+    let names = ["shared.test"];
+    let addr = backend.addr.to_string();
+    let (a, b) = tokio::join!(
+        TestGateway::start(|p: &Ports| config(
+            p,
+            http_a,
+            tls_a,
+            &names,
+            &pebble,
+            state.path(),
+            &addr
+        )),
+        TestGateway::start(|p: &Ports| config(
+            p,
+            http_b,
+            tls_b,
+            &names,
+            &pebble,
+            state.path(),
+            &addr
+        )),
+    );
+    let both = eventually(Duration::from_secs(60), || async {
+        matches!(
+            (served(tls_a, "shared.test", &root).await, served(tls_b, "shared.test", &root).await),
+            (Ok(x), Ok(y)) if x.0 == y.0
+        )
+    })
+    .await;
+    assert!(
+        both,
+        "both instances should serve one certificate\nA:\n{}\nB:\n{}\n{}",
+        a.stderr(),
+        b.stderr(),
+        pebble.log()
+    );
+    let orders = cert_field(&a, "orders").await.as_u64().unwrap()
+        + cert_field(&b, "orders").await.as_u64().unwrap();
+    assert_eq!(orders, 1, "A:\n{}\nB:\n{}", a.stderr(), b.stderr());
+    let created = [a.stderr(), b.stderr()]
+        .iter()
+        .filter(|l| l.contains("created at"))
+        .count();
+    assert_eq!(created, 1, "one account");
+    // whichever instance orders, the other answers the CA from the shared directory
+    std::fs::write(
+        state.path().join("challenges").join("tok-1_x"),
+        "tok-1_x.thumb",
+    )
+    .unwrap();
+    for port in [http_a, http_b] {
+        let url = format!("http://127.0.0.1:{port}/.well-known/acme-challenge/tok-1_x");
+        let r = reqwest::get(&url).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.text().await.unwrap(), "tok-1_x.thumb");
+        // a token no order issued goes on to routing (the backend may answer its own)
+        let r = reqwest::get(url.replace("tok-1_x", "other")).await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(backend.last().path, "/.well-known/acme-challenge/other");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn certificates_renew_on_their_own_before_they_expire() {
+    // 30-second certificates: renewed a third of their life before expiry (renew_before 30d
+    // is longer than the life), in the background, with no request from anyone
+    let backend = TestUpstream::start("app").await;
+    let (http, tls) = (free_port(), free_port());
+    let pebble = Pebble::start_with(http, tls, Some(30));
+    let root = pebble.root_pem().await;
+    let state = tempfile::tempdir().unwrap();
+    let addr = backend.addr.to_string();
+    let gw = TestGateway::start(|p: &Ports| {
+        config(p, http, tls, &["short.test"], &pebble, state.path(), &addr)
+    })
+    .await;
+    let first = poll(Duration::from_secs(30), || async {
+        served(tls, "short.test", &root).await.ok().map(|s| s.0)
+    })
+    .await
+    .expect("issued");
+    let (not_before, not_after, renew_at) = (
+        cert_field(&gw, "not_before").await.as_i64().unwrap(),
+        cert_field(&gw, "not_after").await.as_i64().unwrap(),
+        cert_field(&gw, "renew_at").await.as_i64().unwrap(),
+    );
+    let life = not_after - not_before;
+    assert!((29..=31).contains(&life), "{life}");
+    // a third of the life before expiry, less a jitter of at most a tenth of that
+    assert!(
+        renew_at <= not_after - life / 3 && renew_at >= not_after - life / 3 - life / 30 - 1,
+        "{not_before} {renew_at} {not_after}"
+    );
+    let second = poll(Duration::from_secs(40), || async {
+        served(tls, "short.test", &root)
+            .await
+            .ok()
+            .map(|s| s.0)
+            .filter(|f| *f != first)
+    })
+    .await;
+    assert!(second.is_some(), "not renewed\n{}", gw.stderr());
+    assert!(cert_field(&gw, "not_after").await.as_i64().unwrap() > not_after);
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
+            .await,
+        2.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reload_that_adds_names_orders_them_without_a_restart() {
+    let backend = TestUpstream::start("app").await;
+    let (http, tls) = (free_port(), free_port());
+    let pebble = Pebble::start(http, tls);
+    let root = pebble.root_pem().await;
+    let state = tempfile::tempdir().unwrap();
+    let addr = backend.addr.to_string();
+    let gw = TestGateway::start(|p: &Ports| {
+        config(p, http, tls, &["one.test"], &pebble, state.path(), &addr)
+    })
+    .await;
+    let first = poll(Duration::from_secs(60), || async {
+        served(tls, "one.test", &root).await.ok().map(|s| s.0)
+    })
+    .await
+    .expect("issued");
+    assert!(served(tls, "two.test", &root).await.is_err());
+    gw.write_config(&config(
+        &gw.ports,
+        http,
+        tls,
+        &["one.test", "two.test"],
+        &pebble,
+        state.path(),
+        &addr,
+    ));
+    assert_eq!(gw.reload().await.status(), 200);
+    // the name already served keeps its certificate until the new one is in hand
+    for _ in 0..5 {
+        assert!(served(tls, "one.test", &root).await.is_ok());
+    }
+    let both = poll(Duration::from_secs(60), || async {
+        served(tls, "two.test", &root).await.ok()
+    })
+    .await;
+    let (fp, mut sans, _) = both.unwrap_or_else(|| panic!("two.test not served\n{}", gw.stderr()));
+    sans.sort();
+    assert_eq!(sans, vec!["one.test", "two.test"]);
+    assert_ne!(fp, first);
+    assert_eq!(served(tls, "one.test", &root).await.unwrap().0, fp);
+    // the report lists the certificate the config asks for, not the one it replaced
+    let r = report(&gw).await;
+    assert_eq!(r["certificates"].as_array().unwrap().len(), 1, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn tls_alpn_01_proves_names_on_the_https_listener_alone() {
+    // the CA validates on the HTTPS port only: its HTTP-01 port has nothing listening
+    let backend = TestUpstream::start("app").await;
+    let (dead_http, tls, http) = (free_port(), free_port(), free_port());
+    let pebble = Pebble::start(dead_http, tls);
+    let root = pebble.root_pem().await;
+    let state = tempfile::tempdir().unwrap();
+    let addr = backend.addr.to_string();
+    let gw = TestGateway::start(|p: &Ports| {
+        config_with(
+            p,
+            http,
+            tls,
+            &["alpn.test"],
+            &pebble,
+            state.path(),
+            &addr,
+            "tls-alpn-01",
+        )
+    })
+    .await;
+    let got = poll(Duration::from_secs(60), || async {
+        served(tls, "alpn.test", &root).await.ok()
+    })
+    .await;
+    assert!(
+        got.is_some(),
+        "not issued\n{}\n{}",
+        gw.stderr(),
+        pebble.log()
+    );
+    assert_eq!(
+        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
+            .await,
+        1.0
+    );
+    // ordinary clients are unaffected by the extra protocol; h2 is still chosen
+    let c = client(&root, tls, &["alpn.test"]);
+    let r = c
+        .get(format!("https://alpn.test:{tls}/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    // with no order in progress, a client offering only acme-tls/1 gets no certificate
+    let mut roots = rustls::RootCertStore::empty();
+    use rustls_pki_types::pem::PemObject;
+    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots)
+    .with_no_client_auth();
+    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls))
+        .await
+        .unwrap();
+    let name = rustls_pki_types::ServerName::try_from("alpn.test").unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
+    )
+    .await
+    .unwrap();
+    assert!(
+        r.is_err(),
+        "a validation handshake with no order in progress"
+    );
+}
+
+#[test]
+fn config_errors_name_their_path() {
+    let base = |tls: &str, acme: &str| {
+        format!(
+            "server:\n  listen:\n    - addr: \"127.0.0.1:8443\"\n      tls: {tls}\n{acme}upstreams:\n  u:\n    backends: [\"127.0.0.1:9\"]\nroutes:\n  - id: r\n    match: {{ path_prefix: / }}\n    upstream: u\n"
+        )
+    };
+    let acme =
+        "acme:\n  directory: https://127.0.0.1:14000/dir\n  state_dir: /tmp/gatehouse-acme-check\n";
+    // names without the CA
+    let (code, out) = check_yaml(&base("{ acme: [a.example.com] }", ""));
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("server.listen[0].tls.acme") && out.contains("top-level `acme` section"),
+        "{out}"
+    );
+    // names HTTP-01 cannot prove
+    let (code, out) = check_yaml(&base(
+        "{ acme: [\"*.example.com\", 10.0.0.1, example.com, example.com] }",
+        acme,
+    ));
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("server.listen[0].tls.acme[0]") && out.contains("wildcard"),
+        "{out}"
+    );
+    assert!(
+        out.contains("server.listen[0].tls.acme[1]") && out.contains("IP address"),
+        "{out}"
+    );
+    assert!(
+        out.contains("server.listen[0].tls.acme[3]") && out.contains("listed twice"),
+        "{out}"
+    );
+    // the CA's settings
+    let bad = "acme:\n  directory: http://ca.example/dir\n  email: nobody\n  ca_roots: missing.pem\n  state_dir: s\n  renew_before: 0s\n";
+    let (code, out) = check_yaml(&base("{ acme: [a.example.com] }", bad));
+    assert_ne!(code, 0);
+    assert!(out.contains("acme.renew_before"), "{out}");
+    let bad = "acme:\n  directory: http://ca.example/dir\n  email: nobody\n  ca_roots: missing.pem\n  state_dir: s\n";
+    let (code, out) = check_yaml(&base("{ acme: [a.example.com] }", bad));
+    assert_ne!(code, 0);
+    assert!(
+        out.contains("acme.directory") && out.contains("https://"),
+        "{out}"
+    );
+    assert!(out.contains("acme.email"), "{out}");
+    assert!(
+        out.contains("acme.ca_roots") && out.contains("missing.pem"),
+        "{out}"
+    );
+    let (code, out) = check_yaml(&base(
+        "{ acme: [a.example.com] }",
+        "acme:\n  directory: https://ca.example/dir\n  state_dir: s\n  challenge: dns-01\n",
+    ));
+    assert_ne!(code, 0);
+    assert!(out.contains("acme") && out.contains("challenge"), "{out}");
+    // valid: ACME names beside certificate files, or alone
+    let (code, out) = check_yaml(&base("{ acme: [a.example.com, www.example.com] }", acme));
+    assert_eq!(code, 0, "{out}");
+}
