@@ -1,7 +1,8 @@
 //! ACME against a real CA on loopback (pebble): certificates obtained for a listener's names
-//! over HTTP-01, served by the next handshake and chaining to the CA's root; kept across a
-//! restart (no new order, the account reused); renewed under load with no failed request;
-//! kept serving when the CA refuses; ordered once by instances sharing a state directory.
+//! (HTTP-01 and TLS-ALPN-01), served by the next handshake and chaining to the CA's root;
+//! kept across a restart (no new order, the account reused); renewed under load with no
+//! failed request, and on their own before they expire; kept serving when the CA refuses;
+//! ordered once by instances sharing a state directory; a reload that adds a name.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -15,22 +16,10 @@ use common::pebble::Pebble;
 use common::pki::fingerprint;
 use common::{check_yaml, eventually, free_port, Load, Ports, TestGateway, TestUpstream};
 
-/// A gateway with a plain listener on `http` (where the CA validates), an HTTPS listener on
-/// `tls` serving `names` from the CA, and the harness's own plain listener.
-fn config(
-    p: &Ports,
-    http: u16,
-    tls: u16,
-    names: &[&str],
-    pebble: &Pebble,
-    state: &Path,
-    backend: &str,
-) -> String {
-    config_with(p, http, tls, names, pebble, state, backend, "http-01")
-}
-
+/// A gateway with a plain listener on `http` (where the CA validates HTTP-01), an HTTPS
+/// listener on `tls` serving `names` from the CA, and the harness's own plain listener.
 #[allow(clippy::too_many_arguments)]
-fn config_with(
+fn config(
     p: &Ports,
     http: u16,
     tls: u16,
@@ -77,38 +66,126 @@ routes:
     )
 }
 
-/// What the listener on `port` serves for `sni`, verified against `root` only: (leaf
-/// fingerprint, leaf DNS names, chain length).
-async fn served(port: u16, sni: &str, root: &str) -> Result<(String, Vec<String>, usize), String> {
+/// A backend, pebble and a state directory; the gateway's HTTP and HTTPS ports.
+struct Env {
+    backend: TestUpstream,
+    pebble: Pebble,
+    /// Pebble's root (PEM).
+    root: String,
+    state: tempfile::TempDir,
+    http: u16,
+    tls: u16,
+}
+
+impl Env {
+    /// Pebble validating on the gateway's ports (HTTP-01 on `ca_http` instead when given),
+    /// issuing certificates valid for `validity` seconds when given.
+    async fn new(validity: Option<u64>, ca_http: Option<u16>) -> Env {
+        let backend = TestUpstream::start("app").await;
+        let (http, tls) = (free_port(), free_port());
+        let pebble = Pebble::start_with(ca_http.unwrap_or(http), tls, validity);
+        Env {
+            root: pebble.root_pem().await,
+            backend,
+            pebble,
+            state: tempfile::tempdir().unwrap(),
+            http,
+            tls,
+        }
+    }
+
+    fn yaml(&self, p: &Ports, names: &[&str], challenge: &str) -> String {
+        let backend = self.backend.addr.to_string();
+        config(
+            p,
+            self.http,
+            self.tls,
+            names,
+            &self.pebble,
+            self.state.path(),
+            &backend,
+            challenge,
+        )
+    }
+
+    async fn gateway(&self, names: &[&str], challenge: &str) -> TestGateway {
+        TestGateway::start(|p: &Ports| self.yaml(p, names, challenge)).await
+    }
+
+    /// What the HTTPS listener serves for `name` once it serves something (60 s at most).
+    async fn issued(&self, gw: &TestGateway, name: &str) -> (String, Vec<String>, usize) {
+        let got = poll(Duration::from_secs(60), || async {
+            served(self.tls, name, &self.root).await.ok()
+        })
+        .await;
+        got.unwrap_or_else(|| {
+            panic!(
+                "nothing served for {name}\n{}\n{}",
+                gw.stderr(),
+                self.pebble.log()
+            )
+        })
+    }
+
+    /// A certificate for `name` other than `old`, once served (60 s at most).
+    async fn replaced(&self, name: &str, old: &str) -> Option<String> {
+        poll(Duration::from_secs(60), || async {
+            served(self.tls, name, &self.root)
+                .await
+                .ok()
+                .map(|s| s.0)
+                .filter(|f| f != old)
+        })
+        .await
+    }
+}
+
+/// A client config trusting only `root` (PEM), offering `alpn`.
+fn tls_client(root: &str, alpn: &[&[u8]]) -> Arc<rustls::ClientConfig> {
     use rustls_pki_types::pem::PemObject;
     let mut roots = rustls::RootCertStore::empty();
     for c in rustls_pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
         roots.add(c.unwrap()).unwrap();
     }
-    let cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut cfg = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Arc::new(cfg)
+}
+
+/// A TLS handshake with the listener on `port` for `sni`.
+async fn handshake(
+    port: u16,
+    sni: &str,
+    cfg: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, String> {
     let name = rustls_pki_types::ServerName::try_from(sni.to_string()).unwrap();
     let connect = async {
         let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| e.to_string())?;
-        tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        tokio_rustls::TlsConnector::from(cfg)
             .connect(name, tcp)
             .await
             .map_err(|e| e.to_string())
     };
-    let conn = tokio::time::timeout(Duration::from_secs(5), connect)
+    tokio::time::timeout(Duration::from_secs(5), connect)
         .await
-        .map_err(|_| "handshake timed out".to_string())??;
+        .map_err(|_| "handshake timed out".to_string())?
+}
+
+/// What the listener on `port` serves for `sni`, verified against `root` only: (leaf
+/// fingerprint, leaf DNS names sorted, chain length).
+async fn served(port: u16, sni: &str, root: &str) -> Result<(String, Vec<String>, usize), String> {
+    let conn = handshake(port, sni, tls_client(root, &[])).await?;
     let chain = conn.get_ref().1.peer_certificates().unwrap_or_default();
     let leaf = chain.first().ok_or("no certificate")?;
     let (_, x) = x509_parser::parse_x509_certificate(leaf.as_ref()).unwrap();
-    let names = x
+    let mut names: Vec<String> = x
         .subject_alternative_name()
         .unwrap()
         .map(|s| {
@@ -122,6 +199,7 @@ async fn served(port: u16, sni: &str, root: &str) -> Result<(String, Vec<String>
                 .collect()
         })
         .unwrap_or_default();
+    names.sort();
     Ok((fingerprint(leaf.as_ref()), names, chain.len()))
 }
 
@@ -168,6 +246,14 @@ async fn cert_field(gw: &TestGateway, field: &str) -> serde_json::Value {
     report(gw).await["certificates"][0][field].clone()
 }
 
+/// `gatehouse_acme_orders_total{result}`.
+async fn orders(gw: &TestGateway, result: &str) -> f64 {
+    gw.metric(&format!(
+        "gatehouse_acme_orders_total{{result=\"{result}\"}}"
+    ))
+    .await
+}
+
 async fn renew(gw: &TestGateway, name: &str) {
     let r = gw
         .client
@@ -178,65 +264,47 @@ async fn renew(gw: &TestGateway, name: &str) {
     assert_eq!(r.status(), 202, "{}", r.text().await.unwrap());
 }
 
+/// The files in `dir` with extension `ext`.
+fn files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == ext))
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refused() {
-    let backend = TestUpstream::start("app").await;
-    let (http, tls) = (free_port(), free_port());
-    let pebble = Pebble::start(http, tls);
-    let root = pebble.root_pem().await;
-    let state = tempfile::tempdir().unwrap();
+    let env = Env::new(None, None).await;
+    let (tls, root, state) = (env.tls, &env.root, env.state.path());
     let names = ["a.test", "b.test"];
-    let yaml = |p: &Ports| {
-        config(
-            p,
-            http,
-            tls,
-            &names,
-            &pebble,
-            state.path(),
-            &backend.addr.to_string(),
-        )
-    };
 
     // 1. issuance: both names, one certificate, chaining to pebble's root, served by the
     // next handshake without a reload
-    let gw = TestGateway::start(yaml).await;
-    let first = poll(Duration::from_secs(60), || async {
-        served(tls, "a.test", &root).await.ok()
-    })
-    .await;
-    assert!(
-        first.is_some(),
-        "no certificate served\n{}\n{}",
-        gw.stderr(),
-        pebble.log()
-    );
-    let (fp, sans, chain_len) = first.unwrap();
-    let mut sans = sans;
-    sans.sort();
+    let gw = env.gateway(&names, "http-01").await;
+    let (fp, sans, chain_len) = env.issued(&gw, "a.test").await;
     assert_eq!(sans, vec!["a.test", "b.test"]);
     assert!(chain_len >= 2, "leaf and intermediate: {chain_len}");
-    let (fp_b, _, _) = served(tls, "b.test", &root).await.unwrap();
+    let (fp_b, _, _) = served(tls, "b.test", root).await.unwrap();
     assert_eq!(fp_b, fp, "one certificate for both names");
     // a name the listener does not list gets no certificate
-    assert!(served(tls, "c.test", &root).await.is_err());
-    let c = client(&root, tls, &names);
+    assert!(served(tls, "c.test", root).await.is_err());
+    let c = client(root, tls, &names);
     let r = c
         .get(format!("https://b.test:{tls}/hello"))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(backend.last().path, "/hello");
-    assert_eq!(
-        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(env.backend.last().path, "/hello");
+    assert_eq!(orders(&gw, "ok").await, 1.0);
     let m = gw.metrics().await;
     let expiry = format!("gatehouse_tls_certificate_expiry_seconds{{certificate=\"a.test\",listener=\"127.0.0.1:{tls}\"}}");
     assert!(m.contains(&expiry), "{m}");
     assert_eq!(cert_field(&gw, "fingerprint").await, fp.as_str());
+    // the status page's listener list shows it with its days left
+    let status = gw.get_admin_text("/api/status").await;
+    assert!(status.contains(r#""name":"a.test""#), "{status}");
     let log = gw.stderr();
     assert!(
         log.contains("account") && log.contains("created at"),
@@ -245,35 +313,30 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
     assert!(log.contains("answered the HTTP-01 challenge"), "{log}");
     // the state: account and certificate with its key, owner-only
     use std::os::unix::fs::PermissionsExt;
-    let files: Vec<_> = ["accounts", "certificates"]
-        .iter()
-        .flat_map(|d| std::fs::read_dir(state.path().join(d)).unwrap())
-        .map(|e| e.unwrap().path())
-        .filter(|p| p.extension().is_some_and(|e| e == "json" || e == "pem"))
-        .collect();
-    assert_eq!(files.len(), 2, "{files:?}");
-    for f in &files {
+    let kept = [
+        files(&state.join("accounts"), "json"),
+        files(&state.join("certificates"), "pem"),
+    ]
+    .concat();
+    assert_eq!(kept.len(), 2, "{kept:?}");
+    for f in &kept {
         let mode = std::fs::metadata(f).unwrap().permissions().mode() & 0o777;
         assert_eq!(mode, 0o600, "{}", f.display());
     }
 
     // 2. a restart serves the kept certificate at once: no order, no new account
     drop(gw);
-    let gw = TestGateway::start(yaml).await;
+    let gw = env.gateway(&names, "http-01").await;
     assert!(
         eventually(Duration::from_secs(10), || async {
-            served(tls, "a.test", &root).await.is_ok_and(|s| s.0 == fp)
+            served(tls, "a.test", root).await.is_ok_and(|s| s.0 == fp)
         })
         .await,
         "the kept certificate is not served after a restart\n{}",
         gw.stderr()
     );
     assert_eq!(cert_field(&gw, "orders").await, 0);
-    assert_eq!(
-        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
-            .await,
-        0.0
-    );
+    assert_eq!(orders(&gw, "ok").await, 0.0);
     assert!(gw
         .stderr()
         .contains("serving the certificate for a.test, b.test from"));
@@ -283,48 +346,25 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
     let load = Load::start(&c, format!("https://a.test:{tls}/load"), 4);
     tokio::time::sleep(Duration::from_millis(300)).await;
     renew(&gw, "a.test").await;
-    let now_served = poll(Duration::from_secs(60), || async {
-        served(tls, "a.test", &root)
-            .await
-            .ok()
-            .map(|s| s.0)
-            .filter(|f| *f != fp)
-    })
-    .await;
-    let renewed = now_served.is_some();
+    let renewed = env.replaced("a.test", &fp).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     let (ok, failed) = load.stop().await;
-    assert!(renewed, "not renewed\n{}\n{}", gw.stderr(), pebble.log());
+    let renewed =
+        renewed.unwrap_or_else(|| panic!("not renewed\n{}\n{}", gw.stderr(), env.pebble.log()));
     assert_eq!(
         failed, 0,
         "requests failed during the renewal ({ok} succeeded)"
     );
     assert!(ok > 10, "{ok}");
-    assert_eq!(
-        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(orders(&gw, "ok").await, 1.0);
     let log = gw.stderr();
     assert!(log.contains("reused from"), "{log}");
     assert!(!log.contains("created at"), "{log}");
-    assert_eq!(
-        std::fs::read_dir(state.path().join("accounts"))
-            .unwrap()
-            .filter(|e| e
-                .as_ref()
-                .unwrap()
-                .path()
-                .extension()
-                .is_some_and(|x| x == "json"))
-            .count(),
-        1
-    );
-    let renewed_fp = now_served.unwrap();
+    assert_eq!(files(&state.join("accounts"), "json").len(), 1);
 
     // 4. the CA refuses (its validation of a.test cannot reach the gateway): the error is
     // reported with the CA's text, the certificate in hand keeps serving
-    pebble.set_address("a.test", "127.0.0.2").await;
+    env.pebble.set_address("a.test", "127.0.0.2").await;
     renew(&gw, "a.test").await;
     let err = poll(Duration::from_secs(60), || async {
         cert_field(&gw, "last_error")
@@ -333,8 +373,7 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
             .map(str::to_string)
     })
     .await;
-    assert!(err.is_some(), "no failure reported\n{}", gw.stderr());
-    let text = err.unwrap();
+    let text = err.unwrap_or_else(|| panic!("no failure reported\n{}", gw.stderr()));
     assert!(
         text.contains("127.0.0.2") && text.contains("refused"),
         "{text}"
@@ -343,14 +382,10 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
         text.contains("urn:ietf:params:acme:error:connection"),
         "{text}"
     );
-    assert_eq!(
-        gw.metric("gatehouse_acme_orders_total{result=\"error\"}")
-            .await,
-        1.0
-    );
+    assert_eq!(orders(&gw, "error").await, 1.0);
     assert!(cert_field(&gw, "next_try").await.as_i64().is_some());
     assert!(gw.stderr().contains("no certificate for a.test, b.test"));
-    assert_eq!(served(tls, "a.test", &root).await.unwrap().0, renewed_fp);
+    assert_eq!(served(tls, "a.test", root).await.unwrap().0, renewed);
     let r = c
         .get(format!("https://a.test:{tls}/after"))
         .send()
@@ -359,48 +394,38 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
     assert_eq!(r.status(), 200);
     // nothing of the failed order is left to answer
     assert_eq!(
-        std::fs::read_dir(state.path().join("challenges"))
-            .unwrap()
-            .count(),
+        std::fs::read_dir(state.join("challenges")).unwrap().count(),
         0
     );
-    pebble.clear_address("a.test").await;
+    env.pebble.clear_address("a.test").await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn instances_sharing_a_state_directory_order_once() {
-    let backend = TestUpstream::start("app").await;
-    // the CA validates on the first instance's port; the second answers through the files
+    // the CA validates on the first instance's ports; the second answers through the files
     // the ordering instance writes into the shared directory
-    let (http_a, tls_a, http_b, tls_b) = (free_port(), free_port(), free_port(), free_port());
-    let pebble = Pebble::start(http_a, tls_a);
-    let root = pebble.root_pem().await;
-    let state = tempfile::tempdir().unwrap();
+    let env = Env::new(None, None).await;
+    let (http_b, tls_b) = (free_port(), free_port());
     let names = ["shared.test"];
-    let addr = backend.addr.to_string();
+    let addr = env.backend.addr.to_string();
     let (a, b) = tokio::join!(
-        TestGateway::start(|p: &Ports| config(
-            p,
-            http_a,
-            tls_a,
-            &names,
-            &pebble,
-            state.path(),
-            &addr
-        )),
-        TestGateway::start(|p: &Ports| config(
-            p,
-            http_b,
-            tls_b,
-            &names,
-            &pebble,
-            state.path(),
-            &addr
-        )),
+        env.gateway(&names, "http-01"),
+        TestGateway::start(|p: &Ports| {
+            config(
+                p,
+                http_b,
+                tls_b,
+                &names,
+                &env.pebble,
+                env.state.path(),
+                &addr,
+                "http-01",
+            )
+        }),
     );
     let both = eventually(Duration::from_secs(60), || async {
         matches!(
-            (served(tls_a, "shared.test", &root).await, served(tls_b, "shared.test", &root).await),
+            (served(env.tls, "shared.test", &env.root).await, served(tls_b, "shared.test", &env.root).await),
             (Ok(x), Ok(y)) if x.0 == y.0
         )
     })
@@ -410,23 +435,20 @@ async fn instances_sharing_a_state_directory_order_once() {
         "both instances should serve one certificate\nA:\n{}\nB:\n{}\n{}",
         a.stderr(),
         b.stderr(),
-        pebble.log()
+        env.pebble.log()
     );
-    let orders = cert_field(&a, "orders").await.as_u64().unwrap()
+    let placed = cert_field(&a, "orders").await.as_u64().unwrap()
         + cert_field(&b, "orders").await.as_u64().unwrap();
-    assert_eq!(orders, 1, "A:\n{}\nB:\n{}", a.stderr(), b.stderr());
+    assert_eq!(placed, 1, "A:\n{}\nB:\n{}", a.stderr(), b.stderr());
     let created = [a.stderr(), b.stderr()]
         .iter()
         .filter(|l| l.contains("created at"))
         .count();
     assert_eq!(created, 1, "one account");
     // whichever instance orders, the other answers the CA from the shared directory
-    std::fs::write(
-        state.path().join("challenges").join("tok-1_x"),
-        "tok-1_x.thumb",
-    )
-    .unwrap();
-    for port in [http_a, http_b] {
+    let challenges = env.state.path().join("challenges");
+    std::fs::write(challenges.join("tok-1_x"), "tok-1_x.thumb").unwrap();
+    for port in [env.http, http_b] {
         let url = format!("http://127.0.0.1:{port}/.well-known/acme-challenge/tok-1_x");
         let r = reqwest::get(&url).await.unwrap();
         assert_eq!(r.status(), 200);
@@ -434,7 +456,7 @@ async fn instances_sharing_a_state_directory_order_once() {
         // a token no order issued goes on to routing (the backend may answer its own)
         let r = reqwest::get(url.replace("tok-1_x", "other")).await.unwrap();
         assert_eq!(r.status(), 200);
-        assert_eq!(backend.last().path, "/.well-known/acme-challenge/other");
+        assert_eq!(env.backend.last().path, "/.well-known/acme-challenge/other");
     }
 }
 
@@ -442,25 +464,17 @@ async fn instances_sharing_a_state_directory_order_once() {
 async fn certificates_renew_on_their_own_before_they_expire() {
     // 30-second certificates: renewed a third of their life before expiry (renew_before 30d
     // is longer than the life), in the background, with no request from anyone
-    let backend = TestUpstream::start("app").await;
-    let (http, tls) = (free_port(), free_port());
-    let pebble = Pebble::start_with(http, tls, Some(30));
-    let root = pebble.root_pem().await;
-    let state = tempfile::tempdir().unwrap();
-    let addr = backend.addr.to_string();
-    let gw = TestGateway::start(|p: &Ports| {
-        config(p, http, tls, &["short.test"], &pebble, state.path(), &addr)
-    })
-    .await;
-    let first = poll(Duration::from_secs(30), || async {
-        served(tls, "short.test", &root).await.ok().map(|s| s.0)
-    })
-    .await
-    .expect("issued");
+    let env = Env::new(Some(30), None).await;
+    let gw = env.gateway(&["short.test"], "http-01").await;
+    let (first, _, _) = env.issued(&gw, "short.test").await;
+    let field = |f: &'static str| {
+        let gw = &gw;
+        async move { cert_field(gw, f).await.as_i64().unwrap() }
+    };
     let (not_before, not_after, renew_at) = (
-        cert_field(&gw, "not_before").await.as_i64().unwrap(),
-        cert_field(&gw, "not_after").await.as_i64().unwrap(),
-        cert_field(&gw, "renew_at").await.as_i64().unwrap(),
+        field("not_before").await,
+        field("not_after").await,
+        field("renew_at").await,
     );
     let life = not_after - not_before;
     assert!((29..=31).contains(&life), "{life}");
@@ -469,64 +483,28 @@ async fn certificates_renew_on_their_own_before_they_expire() {
         renew_at <= not_after - life / 3 && renew_at >= not_after - life / 3 - life / 30 - 1,
         "{not_before} {renew_at} {not_after}"
     );
-    let second = poll(Duration::from_secs(40), || async {
-        served(tls, "short.test", &root)
-            .await
-            .ok()
-            .map(|s| s.0)
-            .filter(|f| *f != first)
-    })
-    .await;
+    let second = env.replaced("short.test", &first).await;
     assert!(second.is_some(), "not renewed\n{}", gw.stderr());
-    assert!(cert_field(&gw, "not_after").await.as_i64().unwrap() > not_after);
-    assert_eq!(
-        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
-            .await,
-        2.0
-    );
+    assert!(field("not_after").await > not_after);
+    assert_eq!(orders(&gw, "ok").await, 2.0);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_reload_that_adds_names_orders_them_without_a_restart() {
-    let backend = TestUpstream::start("app").await;
-    let (http, tls) = (free_port(), free_port());
-    let pebble = Pebble::start(http, tls);
-    let root = pebble.root_pem().await;
-    let state = tempfile::tempdir().unwrap();
-    let addr = backend.addr.to_string();
-    let gw = TestGateway::start(|p: &Ports| {
-        config(p, http, tls, &["one.test"], &pebble, state.path(), &addr)
-    })
-    .await;
-    let first = poll(Duration::from_secs(60), || async {
-        served(tls, "one.test", &root).await.ok().map(|s| s.0)
-    })
-    .await
-    .expect("issued");
-    assert!(served(tls, "two.test", &root).await.is_err());
-    gw.write_config(&config(
-        &gw.ports,
-        http,
-        tls,
-        &["one.test", "two.test"],
-        &pebble,
-        state.path(),
-        &addr,
-    ));
+    let env = Env::new(None, None).await;
+    let gw = env.gateway(&["one.test"], "http-01").await;
+    let (first, _, _) = env.issued(&gw, "one.test").await;
+    assert!(served(env.tls, "two.test", &env.root).await.is_err());
+    gw.write_config(&env.yaml(&gw.ports, &["one.test", "two.test"], "http-01"));
     assert_eq!(gw.reload().await.status(), 200);
     // the name already served keeps its certificate until the new one is in hand
     for _ in 0..5 {
-        assert!(served(tls, "one.test", &root).await.is_ok());
+        assert!(served(env.tls, "one.test", &env.root).await.is_ok());
     }
-    let both = poll(Duration::from_secs(60), || async {
-        served(tls, "two.test", &root).await.ok()
-    })
-    .await;
-    let (fp, mut sans, _) = both.unwrap_or_else(|| panic!("two.test not served\n{}", gw.stderr()));
-    sans.sort();
+    let (fp, sans, _) = env.issued(&gw, "two.test").await;
     assert_eq!(sans, vec!["one.test", "two.test"]);
     assert_ne!(fp, first);
-    assert_eq!(served(tls, "one.test", &root).await.unwrap().0, fp);
+    assert_eq!(served(env.tls, "one.test", &env.root).await.unwrap().0, fp);
     // the report lists the certificate the config asks for, not the one it replaced
     let r = report(&gw).await;
     assert_eq!(r["certificates"].as_array().unwrap().len(), 1, "{r}");
@@ -535,75 +513,23 @@ async fn a_reload_that_adds_names_orders_them_without_a_restart() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn tls_alpn_01_proves_names_on_the_https_listener_alone() {
     // the CA validates on the HTTPS port only: its HTTP-01 port has nothing listening
-    let backend = TestUpstream::start("app").await;
-    let (dead_http, tls, http) = (free_port(), free_port(), free_port());
-    let pebble = Pebble::start(dead_http, tls);
-    let root = pebble.root_pem().await;
-    let state = tempfile::tempdir().unwrap();
-    let addr = backend.addr.to_string();
-    let gw = TestGateway::start(|p: &Ports| {
-        config_with(
-            p,
-            http,
-            tls,
-            &["alpn.test"],
-            &pebble,
-            state.path(),
-            &addr,
-            "tls-alpn-01",
-        )
-    })
-    .await;
-    let got = poll(Duration::from_secs(60), || async {
-        served(tls, "alpn.test", &root).await.ok()
-    })
-    .await;
-    assert!(
-        got.is_some(),
-        "not issued\n{}\n{}",
-        gw.stderr(),
-        pebble.log()
-    );
-    assert_eq!(
-        gw.metric("gatehouse_acme_orders_total{result=\"ok\"}")
-            .await,
-        1.0
-    );
+    let env = Env::new(None, Some(free_port())).await;
+    let gw = env.gateway(&["alpn.test"], "tls-alpn-01").await;
+    env.issued(&gw, "alpn.test").await;
+    assert_eq!(orders(&gw, "ok").await, 1.0);
     // ordinary clients are unaffected by the extra protocol; h2 is still chosen
-    let c = client(&root, tls, &["alpn.test"]);
+    let c = client(&env.root, env.tls, &["alpn.test"]);
     let r = c
-        .get(format!("https://alpn.test:{tls}/x"))
+        .get(format!("https://alpn.test:{}/x", env.tls))
         .send()
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.version(), reqwest::Version::HTTP_2);
     // with no order in progress, a client offering only acme-tls/1 gets no certificate
-    let mut roots = rustls::RootCertStore::empty();
-    use rustls_pki_types::pem::PemObject;
-    for c in rustls_pki_types::CertificateDer::pem_slice_iter(root.as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_no_client_auth();
-    cfg.alpn_protocols = vec![b"acme-tls/1".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(("127.0.0.1", tls))
-        .await
-        .unwrap();
-    let name = rustls_pki_types::ServerName::try_from("alpn.test").unwrap();
-    let r = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp),
-    )
-    .await
-    .unwrap();
+    let cfg = tls_client(&env.root, &[b"acme-tls/1"]);
     assert!(
-        r.is_err(),
+        handshake(env.tls, "alpn.test", cfg).await.is_err(),
         "a validation handshake with no order in progress"
     );
 }

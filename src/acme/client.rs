@@ -310,26 +310,7 @@ pub(crate) async fn order(
             Err(e) => e.to_string(),
             Ok(s) => format!("order {s:?}"),
         };
-        let detail = authorization_errors(&mut order).await;
-        // the order's error often repeats the one authorization's
-        let extra: Vec<&String> = detail
-            .iter()
-            .filter(|d| !why.contains(d.1.as_str()))
-            .map(|d| &d.0)
-            .collect();
-        let names: Vec<&str> = detail.iter().map(|d| d.2.as_str()).collect();
-        return Err(match (extra.is_empty(), names.is_empty()) {
-            (true, true) => why,
-            (true, false) => format!("{why} (for {})", names.join(", ")),
-            (false, _) => format!(
-                "{why}: {}",
-                extra
-                    .iter()
-                    .map(|s| s.as_str())
-                    .collect::<Vec<_>>()
-                    .join("; ")
-            ),
-        });
+        return Err(explain(&why, &authorization_errors(&mut order).await));
     }
     drop(answers);
     let key_pem = order
@@ -343,9 +324,14 @@ pub(crate) async fn order(
     Ok(Issued { chain_pem, key_pem })
 }
 
-/// Why the CA refused: each failed authorization's challenge error, as ("name: problem",
-/// problem, name).
-async fn authorization_errors(order: &mut instant_acme::Order) -> Vec<(String, String, String)> {
+/// A failed authorization: the name and the CA's problem text.
+struct Refusal {
+    name: String,
+    problem: String,
+}
+
+/// Why the CA refused: each failed authorization's challenge error.
+async fn authorization_errors(order: &mut instant_acme::Order) -> Vec<Refusal> {
     let mut out = Vec::new();
     let mut authzs = order.authorizations();
     while let Some(Ok(mut a)) = authzs.next().await {
@@ -355,10 +341,61 @@ async fn authorization_errors(order: &mut instant_acme::Order) -> Vec<(String, S
         let name = state.identifier().to_string();
         for c in &state.challenges {
             if let Some(p) = &c.error {
-                let p = p.to_string();
-                out.push((format!("{name}: {p}"), p, name.clone()));
+                out.push(Refusal {
+                    name: name.clone(),
+                    problem: p.to_string(),
+                });
             }
         }
     }
     out
+}
+
+/// The order's failure `why` with the authorizations' problems it does not already say (a
+/// CA often repeats the one authorization's problem as the order's).
+fn explain(why: &str, refusals: &[Refusal]) -> String {
+    let extra: Vec<String> = (refusals.iter())
+        .filter(|r| !why.contains(&r.problem))
+        .map(|r| format!("{}: {}", r.name, r.problem))
+        .collect();
+    if !extra.is_empty() {
+        return format!("{why}: {}", extra.join("; "));
+    }
+    if refusals.is_empty() {
+        return why.to_string();
+    }
+    let names: Vec<&str> = refusals.iter().map(|r| r.name.as_str()).collect();
+    format!("{why} (for {})", names.join(", "))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_explained_once() {
+        let r = |name: &str, problem: &str| Refusal {
+            name: name.into(),
+            problem: problem.into(),
+        };
+        let why = "API error: connection refused (urn:x:connection)";
+        assert_eq!(
+            explain(
+                why,
+                &[r(
+                    "a.test",
+                    "API error: connection refused (urn:x:connection)"
+                )]
+            ),
+            format!("{why} (for a.test)")
+        );
+        assert_eq!(
+            explain(
+                "order Invalid",
+                &[r("a.test", "dns"), r("b.test", "timeout")]
+            ),
+            "order Invalid: a.test: dns; b.test: timeout"
+        );
+        assert_eq!(explain("order Invalid", &[]), "order Invalid");
+    }
 }

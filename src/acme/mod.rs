@@ -311,23 +311,16 @@ mod tests {
         assert_eq!(ok, vec!["api.example.com"]);
         let text: Vec<String> = errs.into_vec().iter().map(|e| e.to_string()).collect();
         assert_eq!(text.len(), 5, "{text:?}");
-        assert!(
-            text[0].contains("server.listen[1].tls.acme[1]") && text[0].contains("wildcard"),
-            "{text:?}"
-        );
-        assert!(
-            text[1].contains("acme[2]") && text[1].contains("IP address"),
-            "{text:?}"
-        );
-        assert!(
-            text[2].contains("acme[3]") && text[2].contains("not a DNS name"),
-            "{text:?}"
-        );
-        assert!(
-            text[3].contains("acme[4]") && text[3].contains("listed twice"),
-            "{text:?}"
-        );
-        assert!(text[4].contains("acme[5]"), "{text:?}");
+        let expected = [
+            ("server.listen[1].tls.acme[1]", "wildcard"),
+            ("acme[2]", "IP address"),
+            ("acme[3]", "not a DNS name"),
+            ("acme[4]", "listed twice"),
+            ("acme[5]", "not a DNS name"),
+        ];
+        for (t, (at, why)) in text.iter().zip(expected) {
+            assert!(t.contains(at) && t.contains(why), "{t}");
+        }
     }
 
     #[test]

@@ -208,7 +208,7 @@ impl Manager {
             };
             if m.disk_checked.is_none_or(|t| t.elapsed() >= DISK_CHECK) {
                 load_from_disk(m, &settings);
-                self.publish_partial();
+                self.publish();
             }
             let Some(m) = self.certs.get_mut(&id) else {
                 continue;
@@ -220,18 +220,14 @@ impl Manager {
                 let account = &mut self.account;
                 let metrics = &self.metrics;
                 renew(m, &settings, account, metrics, forced).await;
-                self.publish_partial();
+                self.publish();
             }
         }
         self.publish();
     }
 
-    /// Installs what is in hand now (between orders of one round).
-    fn publish_partial(&mut self) {
-        self.publish();
-    }
-
-    /// The store's certificates, the expiry gauge and the report, from `self.certs`.
+    /// The store's certificates, the expiry gauge and the report, from `self.certs` (after
+    /// every change, so a certificate serves the moment it is in hand).
     fn publish(&mut self) {
         let mut by_name = HashMap::new();
         let mut series = HashSet::new();
@@ -267,12 +263,13 @@ impl Manager {
                         },
                     );
                 }
+                let first = m.names.first().map_or("", String::as_str);
                 for l in &m.listeners {
-                    series.insert((l.to_string(), m.names[0].clone()));
+                    series.insert((l.to_string(), first.to_string()));
                     self.metrics
                         .tls
                         .expiry
-                        .with_label_values(&[&**l, &m.names[0]])
+                        .with_label_values(&[&**l, first])
                         .set(c.not_after as f64);
                 }
             }

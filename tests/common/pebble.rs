@@ -134,21 +134,21 @@ impl Pebble {
 
     /// Makes `host` resolve to `ip` for the CA's validation.
     pub async fn set_address(&self, host: &str, ip: &str) {
-        let url = format!("http://127.0.0.1:{}/add-a", self.dns_mgmt_port);
-        let body = serde_json::json!({"host": host, "addresses": [ip]});
-        let r = reqwest::Client::new()
-            .post(url)
-            .body(body.to_string())
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(r.status(), 200);
+        self.dns(
+            "add-a",
+            serde_json::json!({"host": host, "addresses": [ip]}),
+        )
+        .await;
     }
 
     /// Back to the default (127.0.0.1) for `host`.
     pub async fn clear_address(&self, host: &str) {
-        let url = format!("http://127.0.0.1:{}/clear-a", self.dns_mgmt_port);
-        let body = serde_json::json!({"host": host});
+        self.dns("clear-a", serde_json::json!({"host": host})).await;
+    }
+
+    /// A request to the DNS server's management API.
+    async fn dns(&self, path: &str, body: serde_json::Value) {
+        let url = format!("http://127.0.0.1:{}/{path}", self.dns_mgmt_port);
         let r = reqwest::Client::new()
             .post(url)
             .body(body.to_string())
