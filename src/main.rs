@@ -3,7 +3,8 @@
 use std::process::ExitCode;
 
 /// mimalloc: the proxy allocates and frees many small buffers per request; measured faster
-/// than the system allocator in `benches/README.md`.
+/// than the system allocator in `benches/README.md`. Built without its transparent-huge-page
+/// advice (feature `no_thp`): a proxy's heap is small, and huge pages only inflated its RSS.
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
