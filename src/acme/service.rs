@@ -84,6 +84,21 @@ impl BackgroundService for AcmeService {
             metrics: Arc::clone(&self.metrics),
             jitter: ahash::RandomState::new(),
         };
+        // the first order waits for the gateway to be ready (listeners up, first health
+        // round done): a CA validating HTTP-01 before the plain listener accepts would fail
+        // the order and send it into backoff
+        let ready = async {
+            for _ in 0..100 {
+                if self.state.is_ready() {
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
+        tokio::select! {
+            _ = shutdown.changed() => return,
+            _ = ready => {}
+        }
         loop {
             let snap = self.state.snapshot();
             tokio::select! {
