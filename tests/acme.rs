@@ -14,7 +14,9 @@ use std::time::Duration;
 
 use common::pebble::Pebble;
 use common::pki::fingerprint;
-use common::{check_yaml, eventually, free_port, Load, Ports, TestGateway, TestUpstream};
+use common::{
+    check_yaml, eventually, free_port, Load, Ports, TestGateway, TestUpstream, Unwritable,
+};
 
 /// A gateway with a plain listener on `http` (where the CA validates HTTP-01), an HTTPS
 /// listener on `tls` serving `names` from the CA, and the harness's own plain listener.
@@ -337,6 +339,10 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
     );
     assert_eq!(cert_field(&gw, "orders").await, 0);
     assert_eq!(orders(&gw, "ok").await, 0.0);
+    // and at the CA: still the one order and the one account of the first run
+    let ca_log = env.pebble.log();
+    assert_eq!(ca_log.matches("POST /order-plz").count(), 1, "{ca_log}");
+    assert_eq!(ca_log.matches("POST /sign-me-up").count(), 1, "{ca_log}");
     assert!(gw
         .stderr()
         .contains("serving the certificate for a.test, b.test from"));
@@ -508,6 +514,37 @@ async fn a_reload_that_adds_names_orders_them_without_a_restart() {
     // the report lists the certificate the config asks for, not the one it replaced
     let r = report(&gw).await;
     assert_eq!(r["certificates"].as_array().unwrap().len(), 1, "{r}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_unwritable_state_directory_is_an_error_report_not_a_crash() {
+    // nothing can be locked or kept: no order is placed (instances could not coordinate,
+    // and every restart would order again), the reason is reported, the gateway serves on
+    let env = Env::new(None, None).await;
+    let _locked = Unwritable::new(env.state.path());
+    let gw = env.gateway(&["ro.test"], "http-01").await;
+    let err = poll(Duration::from_secs(20), || async {
+        cert_field(&gw, "last_error")
+            .await
+            .as_str()
+            .map(str::to_string)
+    })
+    .await
+    .unwrap_or_else(|| panic!("no error reported\n{}", gw.stderr()));
+    assert!(
+        err.contains("lock") && err.contains(&env.state.path().display().to_string()),
+        "{err}"
+    );
+    assert_eq!(orders(&gw, "error").await, 1.0);
+    assert_eq!(orders(&gw, "ok").await, 0.0);
+    assert!(gw.stderr().contains("cannot create"), "{}", gw.stderr());
+    assert!(served(env.tls, "ro.test", &env.root).await.is_err());
+    // plain HTTP goes on
+    assert_eq!(gw.get("/still").await.status(), 200);
+    assert!(
+        env.pebble.log().matches("POST /order-plz").count() == 0,
+        "no order reached the CA"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -11,7 +11,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{simple_config, Ports, TestGateway};
+use common::{is_root, simple_config, Ports, TestGateway, Unwritable};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// The body the origin serves for `path` with `n` bytes: varied, different per path.
@@ -478,54 +478,6 @@ async fn purge_removes_both_tiers() {
         fetch(&gw, "/q", 2 << 20).await,
         "gatehouse; hit; detail=disk"
     );
-}
-
-fn is_root() -> bool {
-    std::process::Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-        .unwrap_or(false)
-}
-
-/// Makes a directory unwritable, even for root (`chattr +i`), until dropped.
-struct Unwritable(PathBuf);
-
-impl Unwritable {
-    fn new(p: &Path) -> Unwritable {
-        if is_root() {
-            let ok = std::process::Command::new("chattr")
-                .arg("+i")
-                .arg(p)
-                .status()
-                .is_ok_and(|s| s.success());
-            assert!(
-                ok,
-                "chattr +i {} failed: root needs it to make a directory read-only",
-                p.display()
-            );
-        } else {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o555)).unwrap();
-        }
-        assert!(
-            std::fs::write(p.join("probe"), b"x").is_err(),
-            "{} is still writable",
-            p.display()
-        );
-        Unwritable(p.to_path_buf())
-    }
-}
-
-impl Drop for Unwritable {
-    fn drop(&mut self) {
-        let _ = std::process::Command::new("chattr")
-            .arg("-i")
-            .arg(&self.0)
-            .status();
-        use std::os::unix::fs::PermissionsExt;
-        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
-    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

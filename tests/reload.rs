@@ -379,6 +379,32 @@ async fn sighup_admin_reload_config_view_and_restart_required() {
         !text.contains("super-secret-value") && !text.contains("adm1n-token"),
         "{text}"
     );
+    // the ACME endpoints need the token too; without an `acme` section there is nothing to renew
+    assert_eq!(
+        gw.client
+            .get(gw.admin_url("/acme"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    assert_eq!(admin("/acme/renew").send().await.unwrap().status(), 401);
+    let r = gw
+        .client
+        .get(gw.admin_url("/acme"))
+        .bearer_auth("adm1n-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = admin("/acme/renew")
+        .bearer_auth("adm1n-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.text().await.unwrap().contains("no `acme` section"));
     assert!(
         gw.metric("gatehouse_config_last_reload_success_timestamp_seconds")
             .await

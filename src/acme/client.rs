@@ -116,9 +116,19 @@ pub(crate) async fn account(settings: &AcmeSettings) -> Result<Account, String> 
         )
         .await
         .map_err(|e| format!("creating the account at {}: {e}", settings.directory))?;
-    let json = serde_json::to_vec_pretty(&creds).map_err(|e| e.to_string())?;
-    super::service::write_private(&path, &json)
-        .map_err(|e| format!("writing `{}`: {e}", path.display()))?;
+    // the account is used even when it cannot be kept (the caller keeps it for this
+    // process's life): failing here would create another account at every retry
+    match serde_json::to_vec_pretty(&creds) {
+        Ok(json) => {
+            if let Err(e) = super::service::write_private(&path, &json) {
+                log::error!(
+                    "acme: cannot keep the account in `{}` (a restart will create another): {e}",
+                    path.display()
+                );
+            }
+        }
+        Err(e) => log::error!("acme: cannot serialize the account: {e}"),
+    }
     log::info!(
         "acme: account {} created at {} (kept in {})",
         account.id(),

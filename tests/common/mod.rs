@@ -735,3 +735,52 @@ fn chromium() -> Option<String> {
         })
         .map(|b| b.to_string())
 }
+
+/// Whether the tests run as root.
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
+
+/// Makes a directory unwritable, even for root (`chattr +i`), until dropped.
+pub struct Unwritable(PathBuf);
+
+impl Unwritable {
+    pub fn new(p: &Path) -> Unwritable {
+        if is_root() {
+            let ok = std::process::Command::new("chattr")
+                .arg("+i")
+                .arg(p)
+                .status()
+                .is_ok_and(|s| s.success());
+            assert!(
+                ok,
+                "chattr +i {} failed: root needs it to make a directory read-only",
+                p.display()
+            );
+        } else {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(p, std::fs::Permissions::from_mode(0o555)).unwrap();
+        }
+        assert!(
+            std::fs::write(p.join("probe"), b"x").is_err(),
+            "{} is still writable",
+            p.display()
+        );
+        Unwritable(p.to_path_buf())
+    }
+}
+
+impl Drop for Unwritable {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("chattr")
+            .arg("-i")
+            .arg(&self.0)
+            .status();
+        use std::os::unix::fs::PermissionsExt;
+        let _ = std::fs::set_permissions(&self.0, std::fs::Permissions::from_mode(0o755));
+    }
+}
