@@ -77,6 +77,8 @@ struct Env {
     state: tempfile::TempDir,
     http: u16,
     tls: u16,
+    /// The route redirects plain HTTP to HTTPS.
+    redirect: bool,
 }
 
 impl Env {
@@ -93,21 +95,30 @@ impl Env {
             state: tempfile::tempdir().unwrap(),
             http,
             tls,
+            redirect: false,
         }
     }
 
     fn yaml(&self, p: &Ports, names: &[&str], challenge: &str) -> String {
         let backend = self.backend.addr.to_string();
-        config(
+        let state = self.state.path();
+        let yaml = config(
             p,
             self.http,
             self.tls,
             names,
             &self.pebble,
-            self.state.path(),
+            state,
             &backend,
             challenge,
-        )
+        );
+        if self.redirect {
+            return yaml.replace(
+                "    upstream: app\n",
+                "    upstream: app\n    https_redirect: true\n",
+            );
+        }
+        yaml
     }
 
     async fn gateway(&self, names: &[&str], challenge: &str) -> TestGateway {
@@ -277,7 +288,9 @@ fn files(dir: &Path, ext: &str) -> Vec<std::path::PathBuf> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refused() {
-    let env = Env::new(None, None).await;
+    // the route redirects plain HTTP to HTTPS: the CA's fetches are answered before it
+    let mut env = Env::new(None, None).await;
+    env.redirect = true;
     let (tls, root, state) = (env.tls, &env.root, env.state.path());
     let names = ["a.test", "b.test"];
 
@@ -313,6 +326,16 @@ async fn issued_served_kept_across_restart_renewed_under_load_and_kept_when_refu
         "{log}"
     );
     assert!(log.contains("answered the HTTP-01 challenge"), "{log}");
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let r = plain
+        .get(format!("http://127.0.0.1:{}/x", env.http))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 308, "the route redirects plain HTTP");
     // the state: account and certificate with its key, owner-only
     use std::os::unix::fs::PermissionsExt;
     let kept = [
