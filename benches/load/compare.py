@@ -61,25 +61,22 @@ def cpu_ticks(pid):
     return int(fields[11]) + int(fields[12])
 
 
-def children_ticks(pid):
-    """CPU ticks of `pid` and its direct children (nginx master + worker)."""
-    total = cpu_ticks(pid)
+def with_children(pid):
+    """`pid` and its direct children (nginx master + worker)."""
     try:
-        for c in open(f"/proc/{pid}/task/{pid}/children").read().split():
-            total += cpu_ticks(int(c))
+        return [pid] + [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
     except OSError:
-        pass
-    return total
+        return [pid]
+
+
+def children_ticks(pid):
+    """CPU ticks of `pid` and its direct children."""
+    return sum(cpu_ticks(p) for p in with_children(pid))
 
 
 def rss_hwm_kb(pid):
     total = 0
-    pids = [pid]
-    try:
-        pids += [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
-    except OSError:
-        pass
-    for p in pids:
+    for p in with_children(pid):
         with open(f"/proc/{p}/status") as f:
             for line in f:
                 if line.startswith("VmHWM:"):

@@ -89,12 +89,7 @@ def main():
             started[name] = (p, port)
         at_start = {}
         for name, (p, _) in started.items():
-            pids = [p.pid]
-            try:
-                pids += [int(c) for c in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()]
-            except OSError:
-                pass
-            m = [smaps(x) for x in pids]
+            m = [smaps(x) for x in compare.with_children(p.pid)]
             at_start[name] = {k: sum(s.get(k, 0) for s in m) for k in ("Rss", "Anonymous", "AnonHugePages")}
         cpu = {name: [] for name in started}
         for _ in range(args.repeat):
@@ -105,11 +100,7 @@ def main():
                 cpu[name].append((after - before) / compare.CLK_TCK / max(r["requests"], 1) * 1e6)
         idle = {}
         for name, (p, port) in started.items():
-            pids = [p.pid]
-            try:
-                pids += [int(c) for c in open(f"/proc/{p.pid}/task/{p.pid}/children").read().split()]
-            except OSError:
-                pass
+            pids = compare.with_children(p.pid)
             before = sum(rss_kb(x) for x in pids)
             socks = compare.idle_connections(port, args.idle)
             now = sum(rss_kb(x) for x in pids)

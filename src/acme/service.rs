@@ -221,8 +221,10 @@ impl Manager {
             let Some(m) = self.certs.get_mut(&id) else {
                 continue;
             };
-            if m.disk_checked.is_none_or(|t| t.elapsed() >= DISK_CHECK) {
-                load_from_disk(m, &settings);
+            // a certificate found on disk serves at once, before any order of this round
+            if m.disk_checked.is_none_or(|t| t.elapsed() >= DISK_CHECK)
+                && load_from_disk(m, &settings)
+            {
                 self.publish();
             }
             let Some(m) = self.certs.get_mut(&id) else {

@@ -70,16 +70,24 @@ fn now_unix() -> i64 {
 }
 
 /// Compiles `tls` at scope `server.listen[i].tls`; relative file names resolve against
-/// `base_dir`. `None` (with the errors recorded) when anything is wrong.
+/// `base_dir`; `acme`: whether the config has the `acme` section its `acme` names need.
+/// `None` (with the errors recorded) when anything is wrong.
 pub(crate) fn compile(
     tls: &RawTls,
     base_dir: &Path,
+    acme: bool,
     s: &mut Scope<'_>,
 ) -> Option<Arc<TlsListener>> {
     if tls.certificates.is_empty() && tls.acme.is_empty() {
         s.error_at(
             "certificates",
             "needs at least one certificate (or names under `acme`)",
+        );
+    }
+    if !acme && !tls.acme.is_empty() {
+        s.error_at(
+            "acme",
+            "needs the top-level `acme` section (the CA to order from)",
         );
     }
     let acme_names = crate::acme::check_names(&tls.acme, s);

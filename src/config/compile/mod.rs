@@ -43,7 +43,12 @@ pub struct CompileEnv<'a> {
 /// Compiles `raw` into a snapshot, or returns every error found.
 pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<ConfigError>> {
     let mut errs = Errors::default();
-    let server = server::compile_server(&raw.server, &env.base_dir, &mut errs.scope("server"));
+    let server = server::compile_server(
+        &raw.server,
+        &env.base_dir,
+        raw.acme.is_some(),
+        &mut errs.scope("server"),
+    );
     server::check_admin(&raw.admin, &mut errs.scope("admin"));
 
     let mut upstreams = HashMap::new();
@@ -69,22 +74,6 @@ pub fn compile(raw: RawConfig, env: &CompileEnv<'_>) -> Result<Snapshot, Vec<Con
         .map(|l| l as Arc<dyn gatehouse_plugins::api::GlobalCounters>);
     let tracing = tracing::compile_tracing(raw.tracing.as_ref(), env, &mut errs.scope("tracing"));
     let acme = crate::acme::compile(raw.acme.as_ref(), &env.base_dir, &mut errs.scope("acme"));
-    if raw.acme.is_none() {
-        for (i, l) in raw.server.listen.iter().enumerate() {
-            if let crate::config::raw::RawListen::Full(crate::config::raw::RawListener {
-                tls: Some(t),
-                ..
-            }) = l
-            {
-                if !t.acme.is_empty() {
-                    errs.scope(format!("server.listen[{i}].tls")).error_at(
-                        "acme",
-                        "needs the top-level `acme` section (the CA to order from)",
-                    );
-                }
-            }
-        }
-    }
     let mut chains = plugins::Chains::new(env, global, same_link);
     let global_chain = chains.chain(&raw.plugins, None, &mut errs.scope("plugins"));
     let route_env = routes::RouteEnv {

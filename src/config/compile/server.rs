@@ -21,8 +21,8 @@ fn parse_listen(s: &str) -> Result<SocketAddr, String> {
 }
 
 /// The listeners: addresses, and TLS settings (certificates read from files relative to
-/// `base_dir`).
-fn listeners(raw: &RawServer, base_dir: &Path, s: &mut Scope<'_>) -> Vec<Listener> {
+/// `base_dir`; `acme`: whether the config has an `acme` section for `tls.acme` names).
+fn listeners(raw: &RawServer, base_dir: &Path, acme: bool, s: &mut Scope<'_>) -> Vec<Listener> {
     if raw.listen.is_empty() {
         s.error_at("listen", "needs at least one address");
     }
@@ -40,7 +40,7 @@ fn listeners(raw: &RawServer, base_dir: &Path, s: &mut Scope<'_>) -> Vec<Listene
         }
         let tls = match l {
             RawListen::Full(RawListener { tls: Some(t), .. }) => {
-                crate::tls::compile(t, base_dir, &mut ls.child("tls"))
+                crate::tls::compile(t, base_dir, acme, &mut ls.child("tls"))
             }
             _ => None,
         };
@@ -63,13 +63,15 @@ fn listeners(raw: &RawServer, base_dir: &Path, s: &mut Scope<'_>) -> Vec<Listene
     out
 }
 
-/// Checks `server:` (at scope `server`) and compiles what requests need of it.
+/// Checks `server:` (at scope `server`) and compiles what requests need of it; `acme`:
+/// whether the config has an `acme` section.
 pub(super) fn compile_server(
     raw: &RawServer,
     base_dir: &Path,
+    acme: bool,
     s: &mut Scope<'_>,
 ) -> ServerSettings {
-    let listeners = listeners(raw, base_dir, s);
+    let listeners = listeners(raw, base_dir, acme, s);
     let trusted_proxies = raw
         .trusted_proxies
         .iter()
@@ -187,7 +189,7 @@ mod tests {
     fn errors(yaml: &str) -> Vec<String> {
         let raw: RawServer = serde_yaml::from_str(yaml).unwrap();
         let mut errs = Errors::default();
-        compile_server(&raw, Path::new("."), &mut errs.scope("server"));
+        compile_server(&raw, Path::new("."), false, &mut errs.scope("server"));
         errs.into_vec().iter().map(|e| e.to_string()).collect()
     }
 
@@ -198,7 +200,7 @@ mod tests {
         )
         .unwrap();
         let mut errs = Errors::default();
-        let s = compile_server(&raw, Path::new("."), &mut errs.scope("server"));
+        let s = compile_server(&raw, Path::new("."), false, &mut errs.scope("server"));
         assert!(errs.is_empty());
         assert!(s.is_trusted("10.1.2.3".parse().unwrap()));
         assert!(s.is_trusted("192.0.2.7".parse().unwrap()));
