@@ -89,6 +89,8 @@ pub struct ServerSettings {
     pub pause_after_429: std::time::Duration,
     /// The headers that pass a verified client certificate upstream.
     pub client_cert_headers: ClientCertHeaders,
+    /// Requests go upstream with the client's spelling of header names (`proxy::forward`).
+    pub preserve_header_case: bool,
 }
 
 /// `server.client_cert_headers`, compiled.

@@ -33,7 +33,8 @@ async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, n: usize) -> Res
 }
 
 /// Reads one request strictly (CRLF line ends, one Content-Length or chunked with plain
-/// hex sizes); `Ok(None)` at a clean end of stream.
+/// hex sizes): its head (without the blank line) and body; `Ok(None)` at a clean end of
+/// stream.
 async fn read_request(
     s: &mut tokio::net::TcpStream,
     buf: &mut Vec<u8>,
@@ -108,7 +109,7 @@ async fn read_request(
             }
         }
     }
-    Ok(Some((lines[0].to_string(), body)))
+    Ok(Some((head.clone(), body)))
 }
 
 /// A gateway in front of the strict backend at `backend` with no retries (a refused or broken
@@ -126,6 +127,13 @@ async fn strict_gateway(backend: SocketAddr, route: &str) -> TestGateway {
 
 /// The strict backend on 127.0.0.1: answers every well-framed request 200 `ok`.
 async fn strict_backend() -> (SocketAddr, Log, tokio::task::JoinHandle<()>) {
+    strict_backend_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await
+}
+
+/// [`strict_backend`] answering every request with `answer`.
+async fn strict_backend_answering(
+    answer: &'static [u8],
+) -> (SocketAddr, Log, tokio::task::JoinHandle<()>) {
     let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
     let log: Log = Arc::default();
@@ -140,9 +148,7 @@ async fn strict_backend() -> (SocketAddr, Log, tokio::task::JoinHandle<()>) {
                     match read_request(&mut s, &mut buf).await {
                         Ok(Some(req)) => {
                             log.lock().unwrap().push(Ok(req));
-                            let _ = s
-                                .write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-                                .await;
+                            let _ = s.write_all(answer).await;
                         }
                         Ok(None) => break,
                         Err(e) => {
@@ -575,4 +581,93 @@ async fn a_panicking_plugin_fails_its_request_only() {
         gw.wait_exit(Duration::from_millis(200)).is_none(),
         "the process is alive"
     );
+}
+
+/// Header names go upstream, and back to the client, lowercase by default (but for the dozen
+/// Pingora writes capitalised: `Host`, `Content-Type`, ...), and as the client and the backend
+/// spelled them with `server.preserve_header_case: true`. Either way the backend's reason
+/// phrase reaches the client, an absolute-form target goes upstream as it came, the
+/// gateway's own headers are there once, and a client's copies of them are replaced.
+#[tokio::test]
+async fn header_name_spelling_by_default_and_preserved() {
+    let (backend, log, task) = strict_backend_answering(
+        b"HTTP/1.1 200 Fine Thanks\r\nContent-Length: 2\r\nX-Backend-Thing: 1\r\ncontent-TYPE: text/plain\r\n\r\nok",
+    )
+    .await;
+    let mut targets = Vec::new();
+    for preserve in [false, true] {
+        let gw = TestGateway::start(|p| {
+            common::simple_config(
+                p,
+                &format!("  up:\n    backends: [\"{backend}\"]\n    retry: {{ attempts: 0 }}\n"),
+                "  - id: p\n    match: { path_prefix: /p }\n    upstream: up\n",
+            )
+            .replace(
+                "server:\n",
+                &format!("server:\n  preserve_header_case: {preserve}\n"),
+            )
+        })
+        .await;
+        for (target, tail) in [("/p?q=1", "/p?q=1"), ("http://a.test/p/x", "/p/x")] {
+            let req = format!(
+                "GET {target} HTTP/1.1\r\nHost: a.test\r\nX-Client-Thing: 1\r\nuser-AGENT: t\r\nX-Request-Id: not valid!\r\nX-Forwarded-Proto: gopher\r\n\r\n"
+            );
+            let answer = exchange(gw.port, req.as_bytes()).await;
+            let (head, _) = log.lock().unwrap().pop().unwrap().unwrap();
+            let line = head.lines().next().unwrap().to_string();
+            assert!(
+                line.starts_with("GET ") && line.ends_with(&format!("{tail} HTTP/1.1")),
+                "{line}"
+            );
+            targets.push(line);
+            assert!(
+                answer.starts_with("HTTP/1.1 200 Fine Thanks\r\n"),
+                "{answer}"
+            );
+            assert!(answer.ends_with("\r\n\r\nok"), "{answer}");
+            let has = |text: &str, line: &str| text.split("\r\n").any(|l| l == line);
+            if preserve {
+                assert!(
+                    has(&head, "X-Client-Thing: 1") && has(&head, "user-AGENT: t"),
+                    "{head}"
+                );
+                assert!(has(&answer, "X-Backend-Thing: 1"), "{answer}");
+                assert!(has(&answer, "content-TYPE: text/plain"), "{answer}");
+            } else {
+                assert!(
+                    has(&head, "x-client-thing: 1")
+                        && has(&head, "user-agent: t")
+                        && has(&head, "Host: a.test"),
+                    "{head}"
+                );
+                assert!(has(&answer, "x-backend-thing: 1"), "{answer}");
+                assert!(has(&answer, "Content-Type: text/plain"), "{answer}");
+            }
+            let lower = head.to_ascii_lowercase();
+            for name in [
+                "x-request-id: ",
+                "x-forwarded-for: 127.0.0.1",
+                "traceparent: 00-",
+                "host: a.test",
+            ] {
+                assert_eq!(
+                    lower.matches(&format!("\r\n{name}")).count(),
+                    1,
+                    "{name} in {head}"
+                );
+            }
+            assert!(has(&head, "x-forwarded-proto: http"), "{head}");
+            assert!(
+                !lower.contains("not valid") && !lower.contains("gopher"),
+                "{head}"
+            );
+            let id = answer
+                .split("\r\n")
+                .find_map(|l| l.strip_prefix("x-request-id: "));
+            assert!(id.is_some_and(|id| head.contains(id)), "{answer}");
+        }
+    }
+    // the same request lines upstream in both modes
+    assert_eq!(targets[..2], targets[2..], "{targets:?}");
+    task.abort();
 }

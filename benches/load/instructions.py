@@ -7,7 +7,7 @@ front of an nginx backend, under `valgrind --tool=callgrind`; after a warm-up th
 zeroed, a wrk run follows, and the dumped instruction total is divided by the requests served. Counts are user-space instructions of the whole process
 (every thread), the same for the same binary and inputs whatever else the machine does.
 
-Usage: benches/load/instructions.py [--seconds 10] [--baseline PATH]
+Usage: benches/load/instructions.py [--seconds 10] [--baseline PATH [--baseline-server LINE]]
 Needs: valgrind, nginx and wrk (Debian packages), a release build of gatehouse.
 """
 import argparse
@@ -62,16 +62,20 @@ def measure(cmd, port, tag, tmp, seconds, headers, path="/bench", script=None, k
         p.wait()
 
 
-def gatehouse_row(binary, chain, backend_port, tmp):
-    """The command and port of a gatehouse with one of compare.py's configs."""
+def gatehouse_row(binary, chain, backend_port, tmp, server=""):
+    """The command and port of a gatehouse with one of compare.py's configs (`server`: more
+    `server:` lines, e.g. "preserve_header_case: true")."""
     port, admin = free_port(), free_port()
     cfg = f"{tmp}/{os.path.basename(binary)}-{chain}-{port}.yaml"
+    if chain == "answers":
+        text = answers_config(port, admin, backend_port, NO_PAUSE)
+    else:
+        text = gatehouse_config(port, admin, backend_port, chain,
+                                f"{tmp}/access.log" if chain == "full" else "off")
+    if server:
+        text = text.replace("server:\n", f"server:\n  {server}\n", 1)
     with open(cfg, "w") as f:
-        if chain == "answers":
-            f.write(answers_config(port, admin, backend_port, NO_PAUSE))
-        else:
-            f.write(gatehouse_config(port, admin, backend_port, chain,
-                                     f"{tmp}/access.log" if chain == "full" else "off"))
+        f.write(text)
     return [binary, "run", "-c", cfg], port
 
 
@@ -79,6 +83,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--seconds", type=int, default=10)
     ap.add_argument("--baseline", help="another gatehouse binary to count beside this one")
+    ap.add_argument("--baseline-server", default="",
+                    help="a `server:` line for the baseline rows only, e.g. 'preserve_header_case: true' "
+                         "(with --baseline target/release/gatehouse: one build, two settings)")
     ap.add_argument("--answers", action="store_true",
                     help="also the answers gatehouse gives itself (401, 429, preflight, 404) and bare Pingora")
     ap.add_argument("--keep", help="a directory to keep the callgrind dumps in (for callgrind_annotate)")
@@ -120,7 +127,8 @@ def main():
         for what, chain, headers, path, script in rows:
             counts = []
             for label, binary in builds:
-                cmd, port = gatehouse_row(binary, chain, backend_port, tmp)
+                extra = args.baseline_server if label == "baseline" else ""
+                cmd, port = gatehouse_row(binary, chain, backend_port, tmp, extra)
                 tag = f"{label}-{what}".replace(" ", "-").replace("(", "").replace(")", "")
                 per, n, bad = measure(cmd, port, tag, tmp, args.seconds, headers, path, script, args.keep)
                 if bad and chain != "answers":

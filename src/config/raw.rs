@@ -245,6 +245,12 @@ pub struct RawServer {
     /// copy a client sent of them is removed first, on every listener.
     #[serde(default)]
     pub client_cert_headers: RawClientCertHeaders,
+    /// Send header names upstream as the client spelled them, and to the client as the
+    /// backend did. Off (the default): names go out lowercase, as over HTTP/2 (a dozen common
+    /// ones capitalised: `Host`, `Content-Type`, `Content-Length`, ...), which lets the gateway
+    /// add its own headers without Pingora's per-insert name parsing and copies.
+    #[serde(default)]
+    pub preserve_header_case: bool,
 }
 
 /// `server.client_cert_headers`.
@@ -567,6 +573,7 @@ impl Default for RawServer {
             work_stealing: false,
             read_buffer: default_read_buffer(),
             client_cert_headers: RawClientCertHeaders::default(),
+            preserve_header_case: false,
         }
     }
 }

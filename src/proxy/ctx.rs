@@ -113,7 +113,7 @@ impl Ctx {
     /// trace context. A fresh trace is made only when something needs it ([`Ctx::trace`]).
     pub(crate) fn identify(&mut self, s: &Session) {
         let h = &s.req_header().headers;
-        self.info.request_id = match h.get("x-request-id") {
+        self.info.request_id = match h.get(super::names::X_REQUEST_ID) {
             Some(v) if valid_request_id(v.as_bytes()) => {
                 String::from_utf8_lossy(v.as_bytes()).into_owned()
             }
@@ -121,7 +121,7 @@ impl Ctx {
         };
         if let Some(peer) = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             self.peer_ip = peer.to_canonical();
-            let xff = h.get("x-forwarded-for").map(|v| v.as_bytes());
+            let xff = h.get(super::names::X_FORWARDED_FOR).map(|v| v.as_bytes());
             let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
             self.info.client_ip = client_ip(peer, xff, fwd, &self.snap.server);
         }
@@ -131,7 +131,7 @@ impl Ctx {
             self.ssl = Some(Arc::clone(ssl));
         }
         if let Some(t) = h
-            .get("traceparent")
+            .get(super::names::TRACEPARENT)
             .and_then(|v| trace::parse(v.as_bytes()))
         {
             self.trace = t;

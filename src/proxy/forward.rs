@@ -6,40 +6,166 @@
 
 use std::net::IpAddr;
 
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
-use pingora_http::RequestHeader;
+use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::ctx::Ctx;
+use super::names::{
+    TRACEPARENT, TRACESTATE, X_FORWARDED_FOR, X_FORWARDED_HOST, X_FORWARDED_PROTO, X_REQUEST_ID,
+};
 use super::trace;
 use crate::state::{Route, UpstreamHost};
 
+/// Headers gatehouse may add to a request going upstream: `Host`, `X-Forwarded-For`, `-Proto`,
+/// `-Host`, `X-Request-Id`, `traceparent` and the four client-certificate headers.
+const ADDED_HEADERS: usize = 10;
+
 /// Rewrites `req` (going upstream) for the request's route.
+///
+/// By default the headers are edited as a plain `http` header map, moved out of `req` and
+/// back: names gatehouse adds are inserted as they are (Pingora's `insert_header` parses
+/// each name again, copies it twice and grows its maps one insert at a time), and the
+/// request goes upstream with lowercase header names (Pingora capitalises a dozen common
+/// ones: `Host`, `Content-Type`, ...) instead of the client's spelling.
+/// `server.preserve_header_case: true` keeps the client's spelling, at that cost.
 pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut Ctx) -> Result<()> {
-    // the route is borrowed for the route's parts, before the parts that update `ctx`
     let Some(route) = ctx.route.as_deref() else {
         return Ok(());
     };
     strip_prefix(route, req)?;
-    match &route.upstream_host {
-        // HTTP/1.0 clients may omit Host; the HTTP/1.1 request upstream must carry one
-        UpstreamHost::Keep if !req.headers.contains_key(http::header::HOST) => {
-            if let Some(b) = ctx.attempt.backend() {
-                req.insert_header(http::header::HOST, &*b.label)?;
-            }
+    if ctx.snap.server.preserve_header_case && req.has_case() {
+        rewrite(s, req, ctx)?;
+    } else {
+        // what moving the parts out would lose: a target the URI does not reproduce
+        // (absolute-form, or not UTF-8) and the h2 END_STREAM choice
+        let target = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
+        let keep_target = (!req.raw_path_is_utf8() || target != Some(req.raw_path()))
+            .then(|| req.raw_path().to_vec());
+        let send_end_stream = req.send_end_stream();
+        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+        let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+        let done = (parts.headers.try_reserve(ADDED_HEADERS))
+            .map_err(|e| Error::because(ErrorType::InternalError, "upstream headers", e))
+            .and_then(|()| rewrite(s, &mut parts, ctx));
+        *req = RequestHeader::from(parts);
+        if let Some(t) = keep_target {
+            req.set_raw_path(&t)?;
         }
-        UpstreamHost::Keep => {}
-        UpstreamHost::Backend => {
-            if let Some(b) = ctx.attempt.backend() {
-                req.insert_header(http::header::HOST, &*b.label)?;
-            }
+        if let Some(e) = send_end_stream {
+            req.set_send_end_stream(e);
         }
-        UpstreamHost::Fixed(v) => req.insert_header(http::header::HOST, v.clone())?,
+        done?;
     }
-    let (cert_headers, tracestate) = client_headers_to_drop(req, ctx);
+    if s.cache.enabled() {
+        // fetch the whole object: HEAD becomes GET, Range and If-* go, a revalidation asks
+        // with the stored validators
+        pingora_cache::filters::upstream::request_filter(req, s.cache.maybe_cache_meta());
+    }
+    Ok(())
+}
+
+/// Before the plugins' response hooks: unless `server.preserve_header_case`, the response
+/// going to the client leaves Pingora's case-keeping form for plain `http` parts (the
+/// client then sees lowercase names, but for a dozen common ones Pingora capitalises), with
+/// room for the headers the gateway and its plugins add, so that those inserts neither copy
+/// names into a second map nor grow the map one at a time.
+pub(super) fn plain_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()> {
+    let plugins = ctx.route.as_ref().map_or(0, |r| r.chain.len());
+    // without plugins, `response_request_id` alone moves the parts (once)
+    if ctx.snap.server.preserve_header_case || !resp.has_case() || plugins == 0 {
+        return Ok(());
+    }
+    let room = 2 + 2 * plugins.min(8);
+    with_parts(resp, |p| p.headers.try_reserve(room).map(drop))
+}
+
+/// `X-Request-Id` on the response going to the client.
+pub(super) fn response_request_id(resp: &mut ResponseHeader, ctx: &mut Ctx) -> Result<()> {
+    let id = ctx.request_id_value();
+    if ctx.snap.server.preserve_header_case && resp.has_case() {
+        return resp.insert_header("x-request-id", id);
+    }
+    with_parts(resp, |p| p.headers.try_insert(X_REQUEST_ID, id).map(drop))
+}
+
+/// Runs `edit` on `resp`'s plain `http` parts, moved out and back: no name parsing or
+/// copies, and the header map's own capacity. What the parts do not carry is kept: a
+/// reason phrase other than the status's own. The case map, if any, is dropped.
+fn with_parts(
+    resp: &mut ResponseHeader,
+    edit: impl FnOnce(&mut http::response::Parts) -> Result<(), http::header::MaxSizeReached>,
+) -> Result<()> {
+    let reason = (resp.get_reason_phrase())
+        .filter(|r| Some(*r) != resp.status.canonical_reason())
+        .map(str::to_owned);
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
+    let done = edit(&mut parts)
+        .map_err(|e| Error::because(ErrorType::InternalError, "response headers", e));
+    *resp = ResponseHeader::from(parts);
+    if reason.is_some() {
+        resp.set_reason_phrase(reason.as_deref())?;
+    }
+    done
+}
+
+/// A request's headers while gatehouse edits them: Pingora's case-keeping `RequestHeader`,
+/// or the plain `http` parts moved out of it.
+trait Edit {
+    fn headers(&self) -> &HeaderMap;
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
+    fn remove(&mut self, name: &HeaderName);
+}
+
+impl Edit for RequestHeader {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        self.insert_header(name, value)
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.remove_header(name);
+    }
+}
+
+impl Edit for http::request::Parts {
+    fn headers(&self) -> &HeaderMap {
+        &self.headers
+    }
+    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
+        (self.headers.try_insert(name, value))
+            .map(drop)
+            .map_err(|e| Error::because(ErrorType::InternalError, "upstream headers", e))
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        self.headers.remove(name);
+    }
+}
+
+/// `Host`, `X-Forwarded-*`, the client certificate's headers, `X-Request-Id` and the trace
+/// context.
+fn rewrite(s: &Session, req: &mut impl Edit, ctx: &mut Ctx) -> Result<()> {
+    if let Some(route) = ctx.route.as_deref() {
+        match &route.upstream_host {
+            // HTTP/1.0 clients may omit Host; the HTTP/1.1 request upstream must carry one
+            UpstreamHost::Keep if req.headers().contains_key(http::header::HOST) => {}
+            UpstreamHost::Keep | UpstreamHost::Backend => {
+                if let Some(b) = ctx.attempt.backend() {
+                    let host = HeaderValue::from_str(&b.label)
+                        .map_err(|e| Error::because(ErrorType::InternalError, "host", e))?;
+                    req.set(http::header::HOST, host)?;
+                }
+            }
+            UpstreamHost::Fixed(v) => req.set(http::header::HOST, v.clone())?,
+        }
+    }
+    let (cert_headers, tracestate) = client_headers_to_drop(req.headers(), ctx);
     forwarded(s, req, ctx)?;
     client_cert_headers(req, ctx, cert_headers)?;
-    req.insert_header("x-request-id", ctx.request_id_value())?;
+    req.set(X_REQUEST_ID, ctx.request_id_value())?;
     // the attempt's own span (when tracing) is the backend's parent
     let span = match ctx.spans.as_mut().and_then(|l| l.attempts.last_mut()) {
         Some(a) => {
@@ -48,16 +174,11 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
         }
         None => trace::random_u64(),
     };
-    let traceparent = http::HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
+    let traceparent = HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
-    req.insert_header("traceparent", traceparent)?;
+    req.set(TRACEPARENT, traceparent)?;
     if tracestate && !ctx.trace().continued {
-        req.remove_header("tracestate");
-    }
-    if s.cache.enabled() {
-        // fetch the whole object: HEAD becomes GET, Range and If-* go, a revalidation asks
-        // with the stored validators
-        pingora_cache::filters::upstream::request_filter(req, s.cache.maybe_cache_meta());
+        req.remove(&TRACESTATE);
     }
     Ok(())
 }
@@ -91,18 +212,18 @@ fn strip_prefix(route: &Route, req: &mut RequestHeader) -> Result<()> {
 }
 
 /// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host`.
-fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
+fn forwarded(s: &Session, req: &mut impl Edit, ctx: &Ctx) -> Result<()> {
     let trusted_peer = ctx.snap.server.is_trusted(ctx.peer_ip);
-    let xff = upstream_forwarded_for(req.headers.get("x-forwarded-for"), ctx.peer_ip)
+    let xff = upstream_forwarded_for(req.headers().get(&X_FORWARDED_FOR), ctx.peer_ip)
         .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
-    req.insert_header("x-forwarded-for", xff)?;
-    if !(trusted_peer && req.headers.contains_key("x-forwarded-proto")) {
+    req.set(X_FORWARDED_FOR, xff)?;
+    if !(trusted_peer && req.headers().contains_key(&X_FORWARDED_PROTO)) {
         let proto = if ctx.ssl.is_some() { "https" } else { "http" };
-        req.insert_header("x-forwarded-proto", http::HeaderValue::from_static(proto))?;
+        req.set(X_FORWARDED_PROTO, HeaderValue::from_static(proto))?;
     }
-    if !(trusted_peer && req.headers.contains_key("x-forwarded-host")) {
+    if !(trusted_peer && req.headers().contains_key(&X_FORWARDED_HOST)) {
         if let Some(h) = s.req_header().headers.get(http::header::HOST).cloned() {
-            req.insert_header("x-forwarded-host", h)?;
+            req.set(X_FORWARDED_HOST, h)?;
         }
     }
     Ok(())
@@ -111,15 +232,15 @@ fn forwarded(s: &Session, req: &mut RequestHeader, ctx: &Ctx) -> Result<()> {
 /// Whether the client sent any of the client-certificate identity headers, and whether it
 /// sent `tracestate`: one pass over its header names, so that the common request (none of
 /// them) costs no hashed removal per name.
-fn client_headers_to_drop(req: &RequestHeader, ctx: &Ctx) -> (bool, bool) {
+fn client_headers_to_drop(headers: &HeaderMap, ctx: &Ctx) -> (bool, bool) {
     let names = &ctx.snap.server.client_cert_headers;
     let (mut cert, mut tracestate) = (false, false);
-    for k in req.headers.keys() {
+    for k in headers.keys() {
         cert |= *k == names.subject
             || *k == names.sans
             || *k == names.fingerprint
             || *k == names.verified;
-        tracestate |= k.as_str() == "tracestate";
+        tracestate |= *k == TRACESTATE;
     }
     (cert, tracestate)
 }
@@ -127,7 +248,7 @@ fn client_headers_to_drop(req: &RequestHeader, ctx: &Ctx) -> (bool, bool) {
 /// The verified client certificate's subject, SANs, fingerprint and `verified: true`, after
 /// every copy the client sent of those headers is removed (a client cannot claim an identity;
 /// `present`: it sent at least one of them).
-fn client_cert_headers(req: &mut RequestHeader, ctx: &Ctx, present: bool) -> Result<()> {
+fn client_cert_headers(req: &mut impl Edit, ctx: &Ctx, present: bool) -> Result<()> {
     let names = &ctx.snap.server.client_cert_headers;
     if present {
         for n in [
@@ -136,28 +257,25 @@ fn client_cert_headers(req: &mut RequestHeader, ctx: &Ctx, present: bool) -> Res
             &names.fingerprint,
             &names.verified,
         ] {
-            req.remove_header(n);
+            req.remove(n);
         }
     }
     let Some(cert) = &ctx.info.client_cert else {
         return Ok(());
     };
-    let value = |v: &str| http::HeaderValue::from_bytes(v.as_bytes()).ok();
+    let value = |v: &str| HeaderValue::from_bytes(v.as_bytes()).ok();
     if let Some(v) = value(&cert.subject) {
-        req.insert_header(names.subject.clone(), v)?;
+        req.set(names.subject.clone(), v)?;
     }
     if !cert.sans.is_empty() {
         if let Some(v) = value(&cert.sans.join(", ")) {
-            req.insert_header(names.sans.clone(), v)?;
+            req.set(names.sans.clone(), v)?;
         }
     }
     if let Some(v) = value(&cert.fingerprint) {
-        req.insert_header(names.fingerprint.clone(), v)?;
+        req.set(names.fingerprint.clone(), v)?;
     }
-    req.insert_header(
-        names.verified.clone(),
-        http::HeaderValue::from_static("true"),
-    )?;
+    req.set(names.verified.clone(), HeaderValue::from_static("true"))?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ mod forward;
 mod grpc;
 pub mod limits;
 mod logging;
+mod names;
 pub mod pipeline;
 mod spans;
 mod strict;
@@ -456,11 +457,12 @@ impl ProxyHttp for Gateway {
         resp: &mut ResponseHeader,
         ctx: &mut Ctx,
     ) -> Result<()> {
+        forward::plain_response(resp, ctx)?;
         pipeline::response_filter(s, resp, ctx).await?;
         if conn::pipelined(s) {
             s.set_keepalive(None);
         }
-        resp.insert_header("x-request-id", ctx.request_id_value())?;
+        forward::response_request_id(resp, ctx)?;
         cache::response_header(s, resp, ctx)
     }
 

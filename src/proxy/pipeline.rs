@@ -224,7 +224,7 @@ pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) ->
             bytes,
         } => (bytes, Some(content_type)),
     };
-    let mut resp = ResponseHeader::build(reply.status, Some(4 + reply.headers.len()))?;
+    let mut resp = answer_header(ctx, reply.status, 4 + reply.headers.len())?;
     if let Some(ct) = content_type {
         resp.insert_header(http::header::CONTENT_TYPE, ct)?;
     }
@@ -244,6 +244,17 @@ pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) ->
     }
     settle_request_body(s).await;
     Ok(())
+}
+
+/// The head of an answer the gateway gives itself, with room for `n` headers: without a case
+/// map unless `server.preserve_header_case` (the names it sets are spelled the same either
+/// way; a plugin's mixed-case header name then goes out lowercase).
+fn answer_header(ctx: &Ctx, status: u16, n: usize) -> Result<ResponseHeader> {
+    if ctx.snap.server.preserve_header_case {
+        ResponseHeader::build(status, Some(n))
+    } else {
+        ResponseHeader::build_no_case(status, Some(n))
+    }
 }
 
 /// After a gateway reply to an HTTP/2 request whose body was not read: read what is left of a
@@ -278,7 +289,7 @@ async fn write_grpc_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Resul
             .and_then(|c| c.canonical_reason())
             .unwrap_or("error"),
     };
-    let mut resp = ResponseHeader::build(200, Some(4 + reply.headers.len()))?;
+    let mut resp = answer_header(ctx, 200, 4 + reply.headers.len())?;
     resp.insert_header(
         http::header::CONTENT_TYPE,
         http::HeaderValue::from_static("application/grpc"),

@@ -150,6 +150,8 @@ pub struct UpstreamGroup {
     pub balancer: Balancer,
     pub hash_key: Option<HashKey>,
     pub backends: Vec<Arc<Member>>,
+    /// `backends`' index by address, for groups too large to scan (see [`Self::member`]).
+    by_addr: HashMap<SocketAddr, usize, ahash::RandomState>,
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
     pub retry: RetryPolicy,
@@ -209,19 +211,25 @@ impl UpstreamGroup {
                 (_, cfg) => cfg.map(|c| Arc::new(Breaker::new(c))),
             };
             let member = Arc::new(Member { state, breaker });
-            let mut b = Backend::new_with_weight(&addr.to_string(), weight)
+            // the member is found by address, not carried in `Backend::ext`: Pingora's
+            // selection clones the chosen `Backend`, and an extension costs that clone a map
+            // and a box on every request
+            let b = Backend::new_with_weight(&addr.to_string(), weight)
                 .map_err(|e| format!("backend {addr}: {e}"))?;
-            b.ext.insert(Arc::clone(&member));
             if !set.insert(b) {
                 return Err(format!("backend {addr} is listed twice"));
             }
             members.push(member);
         }
+        let by_addr = (members.iter().enumerate())
+            .map(|(i, m)| (m.addr, i))
+            .collect();
         Ok(UpstreamGroup {
             name: spec.name.into(),
             balancer: Balancer::new(spec.balance, set)?,
             hash_key: spec.hash_key,
             backends: members,
+            by_addr,
             health: spec.health,
             timeouts: spec.timeouts,
             retry: spec.retry,
@@ -244,7 +252,7 @@ impl UpstreamGroup {
         let now = now_ms();
         let cell = std::cell::RefCell::new(on_transition);
         let b = self.balancer.select_with(key, |b| {
-            b.ext.get::<Arc<Member>>().is_some_and(|s| {
+            self.member(b).is_some_and(|s| {
                 if !s.is_healthy() || exclude.contains(&s.addr) {
                     return false;
                 }
@@ -258,6 +266,70 @@ impl UpstreamGroup {
                 }
             })
         })?;
-        b.ext.get::<Arc<Member>>().cloned()
+        self.member(&b).cloned()
+    }
+
+    /// This generation's member for a backend of its balancer.
+    #[inline]
+    fn member(&self, b: &Backend) -> Option<&Arc<Member>> {
+        let addr = b.addr.as_inet()?;
+        if self.backends.len() <= 8 {
+            self.backends.iter().find(|m| m.addr == *addr)
+        } else {
+            self.by_addr.get(addr).and_then(|&i| self.backends.get(i))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn group(n: u16) -> UpstreamGroup {
+        let spec = GroupSpec {
+            name: "g".into(),
+            balance: Balance::RoundRobin,
+            addrs: (1..=n)
+                .map(|i| (SocketAddr::from(([127, 0, 0, 1], 9000 + i)), 1))
+                .collect(),
+            hash_key: None,
+            health: None,
+            timeouts: Timeouts {
+                connect: Duration::from_secs(1),
+                read: Duration::from_secs(1),
+                write: Duration::from_secs(1),
+                idle: Duration::from_secs(1),
+            },
+            breaker: None,
+            retry: RetryPolicy::default(),
+            transport: super::super::tls::Transport::Plain,
+        };
+        UpstreamGroup::new(spec, None).unwrap()
+    }
+
+    /// Members are found by address, scanned in small groups and through the index in large
+    /// ones: every backend is chosen in turn, exclusions hold, and the member returned is the
+    /// group's own (its breaker and state).
+    #[test]
+    fn selection_finds_each_member_by_address() {
+        for n in [1u16, 3, 8, 9, 40] {
+            let g = group(n);
+            let mut seen = std::collections::HashSet::new();
+            for _ in 0..(3 * n) {
+                let m = g.select(b"", &[], &mut |_, _| {}).unwrap();
+                assert!(g.backends.iter().any(|b| Arc::ptr_eq(b, &m)), "n={n}");
+                seen.insert(m.addr);
+            }
+            assert_eq!(seen.len(), usize::from(n), "n={n}: every backend is chosen");
+            let all: Vec<SocketAddr> = g.backends.iter().map(|m| m.addr).collect();
+            let last = *all.last().unwrap();
+            for _ in 0..n {
+                let m = g
+                    .select(b"", &all[..all.len() - 1], &mut |_, _| {})
+                    .unwrap();
+                assert_eq!(m.addr, last, "n={n}: the one backend not excluded");
+            }
+            assert!(g.select(b"", &all, &mut |_, _| {}).is_none(), "n={n}");
+        }
     }
 }

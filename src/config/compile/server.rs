@@ -137,6 +137,7 @@ pub(super) fn compile_server(
         h2_control_frames_per_second: lim.h2_control_frames_per_second,
         abuse_block: lim.abuse_block.0,
         pause_after_429: lim.pause_after_429.0,
+        preserve_header_case: raw.preserve_header_case,
     }
 }
 
