@@ -40,9 +40,10 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
     } else {
         // what moving the parts out would lose: a target the URI does not reproduce
         // (absolute-form, or not UTF-8) and the h2 END_STREAM choice
-        let target = req.uri.path_and_query().map(|p| p.as_str().as_bytes());
-        let keep_target = (!req.raw_path_is_utf8() || target != Some(req.raw_path()))
-            .then(|| req.raw_path().to_vec());
+        let (raw, uri) = (req.raw_path(), req.uri.path_and_query());
+        let keep_target = (!raw.is_empty()
+            && (!req.raw_path_is_utf8() || uri.map(|p| p.as_str().as_bytes()) != Some(raw)))
+        .then(|| raw.to_vec());
         let send_end_stream = req.send_end_stream();
         let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
         let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
