@@ -38,26 +38,11 @@ pub(super) fn upstream_request(s: &Session, req: &mut RequestHeader, ctx: &mut C
     if ctx.snap.server.preserve_header_case && req.has_case() {
         rewrite(s, req, ctx)?;
     } else {
-        // what moving the parts out would lose: a target the URI does not reproduce
-        // (absolute-form, or not UTF-8) and the h2 END_STREAM choice
-        let (raw, uri) = (req.raw_path(), req.uri.path_and_query());
-        let keep_target = (!raw.is_empty()
-            && (!req.raw_path_is_utf8() || uri.map(|p| p.as_str().as_bytes()) != Some(raw)))
-        .then(|| raw.to_vec());
-        let send_end_stream = req.send_end_stream();
-        let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-        let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
-        let done = (parts.headers.try_reserve(ADDED_HEADERS))
-            .map_err(|e| Error::because(ErrorType::InternalError, "upstream headers", e))
-            .and_then(|()| rewrite(s, &mut parts, ctx));
-        *req = RequestHeader::from(parts);
-        if let Some(t) = keep_target {
-            req.set_raw_path(&t)?;
-        }
-        if let Some(e) = send_end_stream {
-            req.set_send_end_stream(e);
-        }
-        done?;
+        with_request_parts(req, |parts| {
+            (parts.headers.try_reserve(ADDED_HEADERS))
+                .map_err(|e| Error::because(ErrorType::InternalError, "upstream headers", e))?;
+            rewrite(s, parts, ctx)
+        })?;
     }
     if s.cache.enabled() {
         // fetch the whole object: HEAD becomes GET, Range and If-* go, a revalidation asks
@@ -79,7 +64,7 @@ pub(super) fn plain_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()>
         return Ok(());
     }
     let room = 2 + 2 * plugins.min(8);
-    with_parts(resp, |p| p.headers.try_reserve(room).map(drop))
+    with_response_parts(resp, |p| p.headers.try_reserve(room).map(drop))
 }
 
 /// `X-Request-Id` on the response going to the client.
@@ -88,13 +73,38 @@ pub(super) fn response_request_id(resp: &mut ResponseHeader, ctx: &mut Ctx) -> R
     if ctx.snap.server.preserve_header_case && resp.has_case() {
         return resp.insert_header("x-request-id", id);
     }
-    with_parts(resp, |p| p.headers.try_insert(X_REQUEST_ID, id).map(drop))
+    with_response_parts(resp, |p| p.headers.try_insert(X_REQUEST_ID, id).map(drop))
+}
+
+/// Runs `edit` on `req`'s plain `http` parts, moved out and back (as [`with_response_parts`]
+/// for a response). What the parts do not carry is kept: a target the URI does not reproduce
+/// (absolute-form, or not UTF-8) and the h2 END_STREAM choice. The case map is dropped.
+fn with_request_parts(
+    req: &mut RequestHeader,
+    edit: impl FnOnce(&mut http::request::Parts) -> Result<()>,
+) -> Result<()> {
+    let (raw, uri) = (req.raw_path(), req.uri.path_and_query());
+    let keep_target = (!raw.is_empty()
+        && (!req.raw_path_is_utf8() || uri.map(|p| p.as_str().as_bytes()) != Some(raw)))
+    .then(|| raw.to_vec());
+    let send_end_stream = req.send_end_stream();
+    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
+    let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
+    let done = edit(&mut parts);
+    *req = RequestHeader::from(parts);
+    if let Some(t) = keep_target {
+        req.set_raw_path(&t)?;
+    }
+    if let Some(e) = send_end_stream {
+        req.set_send_end_stream(e);
+    }
+    done
 }
 
 /// Runs `edit` on `resp`'s plain `http` parts, moved out and back: no name parsing or
 /// copies, and the header map's own capacity. What the parts do not carry is kept: a
 /// reason phrase other than the status's own. The case map, if any, is dropped.
-fn with_parts(
+fn with_response_parts(
     resp: &mut ResponseHeader,
     edit: impl FnOnce(&mut http::response::Parts) -> Result<(), http::header::MaxSizeReached>,
 ) -> Result<()> {
