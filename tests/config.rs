@@ -298,3 +298,14 @@ fn many_services_written_once_and_one_error_per_cause() {
         "{out}"
     );
 }
+
+/// A file with no config in it (empty, blank, comments only) is an error, not a config of no
+/// routes: a reload that read a file an editor had just truncated would take every route down.
+#[test]
+fn an_empty_file_is_not_a_config() {
+    for text in ["", "\n  \n", "# only a comment\n---\n"] {
+        let (code, out) = check_yaml(text);
+        assert_eq!(code, 1, "{text:?}: {out}");
+        assert!(out.contains("the file holds no config"), "{text:?}: {out}");
+    }
+}

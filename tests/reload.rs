@@ -540,10 +540,28 @@ async fn rejected_reload_changes_nothing_that_runs() {
     assert!(!m.contains("route=\"ghost\""), "{m}");
     assert!(!m.contains("upstream=\"fresh\""), "{m}");
     assert!(!m.contains("route=\"broken\""), "{m}");
+
+    // an empty file (an editor's truncation caught mid-write) is refused, not applied as a
+    // config of no routes
+    gw.write_config("");
+    let r = gw
+        .client
+        .post(gw.admin_url("/reload"))
+        .bearer_auth("adm1n-token")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        (body["errors"][0].as_str().unwrap()).contains("the file holds no config"),
+        "{body}"
+    );
+    assert_eq!(gw.get("/x").await.status(), 503, "the routes still answer");
     assert_eq!(
         gw.metric("gatehouse_config_reloads_total{result=\"error\",trigger=\"admin\"}")
             .await,
-        1.0
+        2.0
     );
     assert_eq!(gw.metric("gatehouse_config_version").await, 1.0);
 }

@@ -87,6 +87,19 @@ pub fn load_full(path: &Path) -> Result<Loaded, ConfigErrors> {
             format!("cannot read the file: {e}"),
         )])
     })?;
+    // an empty file is never taken for a config of no routes: an editor or deploy tool
+    // that truncates the file before writing it would otherwise take every route down
+    // for a reload
+    let blank = |l: &str| {
+        let l = l.trim();
+        l.is_empty() || l.starts_with('#') || l == "---" || l == "..."
+    };
+    if text.lines().all(blank) {
+        return Err(fail(vec![ConfigError::new(
+            "",
+            "the file holds no config (empty, or comments only; a write in progress?)",
+        )]));
+    }
     let hash = sha2::Sha256::digest(text.as_bytes())
         .iter()
         .map(|b| format!("{b:02x}"))
