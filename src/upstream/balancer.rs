@@ -1,18 +1,25 @@
-//! Backend selection: an enum over Pingora's `LoadBalancer` algorithms so the request path
-//! makes one static call, no boxing. Health is not Pingora's here: its backends start
-//! "healthy", so gatehouse keeps its own per-backend state (see [`super::health`]) and passes
-//! it in through `select_with`.
+//! Backend selection: Pingora's selection algorithms (`pingora-load-balancing`'s weighted
+//! round robin, weighted random and Ketama consistent hashing), walked by gatehouse itself.
+//!
+//! Pingora's `LoadBalancer::select_with` wraps the algorithm's iterator in a `UniqueIterator`
+//! (each candidate SipHashed into a fresh `HashSet`, which allocates) and asks its own health
+//! table about every candidate (`Backends::ready`, a second hash). Health is not Pingora's
+//! here: its backends start "healthy", so gatehouse keeps its own per-backend state (see
+//! [`super::health`]) and the group remembers which members it has looked at in a bit set
+//! (see [`super::group::UpstreamGroup::select`]). The algorithms and their order of
+//! candidates are Pingora's, unchanged.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
-use futures::FutureExt;
-use pingora_load_balancing::discovery::Static;
-use pingora_load_balancing::selection::{Consistent, Random, RoundRobin};
-use pingora_load_balancing::{Backend, Backends, LoadBalancer};
+use pingora_load_balancing::selection::{
+    BackendIter, BackendSelection, Consistent, Random, RoundRobin,
+};
+use pingora_load_balancing::Backend;
 
-/// How many candidates `select_with` may look at before giving up: enough to walk past every
+/// How many candidates a selection may look at before giving up: enough to walk past every
 /// unhealthy backend of any realistic group, bounded so a request never scans forever.
-const MAX_ITERATIONS: usize = 256;
+pub const MAX_ITERATIONS: usize = 256;
 
 /// The selection algorithm of a group.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -27,44 +34,58 @@ pub enum Balance {
 
 /// One group's selector.
 pub enum Balancer {
-    RoundRobin(LoadBalancer<RoundRobin>),
-    Random(LoadBalancer<Random>),
-    ConsistentHash(LoadBalancer<Consistent>),
+    RoundRobin(Arc<RoundRobin>),
+    Random(Arc<Random>),
+    ConsistentHash(Arc<Consistent>),
 }
 
-fn build<S>(backends: BTreeSet<Backend>) -> Result<LoadBalancer<S>, String>
-where
-    S: pingora_load_balancing::selection::BackendSelection + 'static,
-    S::Iter: pingora_load_balancing::selection::BackendIter,
-{
-    let lb = LoadBalancer::<S>::from_backends(Backends::new(Static::new(backends)));
-    // Static discovery never awaits: the update completes on the first poll.
-    match lb.update().now_or_never() {
-        Some(Ok(())) => Ok(lb),
-        Some(Err(e)) => Err(format!("building the backend selector failed: {e}")),
-        None => Err("building the backend selector did not complete".to_string()),
-    }
+/// What the caller of [`Balancer::select_with`] makes of a candidate.
+pub enum Verdict<T> {
+    /// Take it: the selection ends with this.
+    Take(T),
+    /// Look at the next candidate.
+    Next,
+    /// Every backend has been looked at: the selection ends with none.
+    Stop,
 }
 
 impl Balancer {
     /// Builds the selector over `backends` (weights already set).
-    pub fn new(kind: Balance, backends: BTreeSet<Backend>) -> Result<Self, String> {
-        Ok(match kind {
-            Balance::RoundRobin => Balancer::RoundRobin(build(backends)?),
-            Balance::Random => Balancer::Random(build(backends)?),
-            Balance::ConsistentHash => Balancer::ConsistentHash(build(backends)?),
-        })
-    }
-
-    /// Picks a backend that `accept` admits; `key` matters only for consistent hashing.
-    /// `None` when no admitted backend was found.
-    #[inline]
-    pub fn select_with(&self, key: &[u8], accept: impl Fn(&Backend) -> bool) -> Option<Backend> {
-        let f = |b: &Backend, _pingora_health: bool| accept(b);
-        match self {
-            Balancer::RoundRobin(lb) => lb.select_with(key, MAX_ITERATIONS, f),
-            Balancer::Random(lb) => lb.select_with(key, MAX_ITERATIONS, f),
-            Balancer::ConsistentHash(lb) => lb.select_with(key, MAX_ITERATIONS, f),
+    pub fn new(kind: Balance, backends: &BTreeSet<Backend>) -> Self {
+        match kind {
+            Balance::RoundRobin => Balancer::RoundRobin(Arc::new(RoundRobin::build(backends))),
+            Balance::Random => Balancer::Random(Arc::new(Random::build(backends))),
+            Balance::ConsistentHash => {
+                Balancer::ConsistentHash(Arc::new(Consistent::build(backends)))
+            }
         }
     }
+
+    /// Walks the algorithm's candidates for `key` (which matters only for consistent hashing)
+    /// until `judge` takes one or stops, for at most [`MAX_ITERATIONS`] candidates. The same
+    /// backend may come more than once: `judge` keeps track of what it has seen.
+    #[inline]
+    pub fn select_with<T>(
+        &self,
+        key: &[u8],
+        judge: impl FnMut(&Backend) -> Verdict<T>,
+    ) -> Option<T> {
+        match self {
+            Balancer::RoundRobin(s) => walk(s.iter(key), judge),
+            Balancer::Random(s) => walk(s.iter(key), judge),
+            Balancer::ConsistentHash(s) => walk(s.iter(key), judge),
+        }
+    }
+}
+
+#[inline]
+fn walk<T>(mut iter: impl BackendIter, mut judge: impl FnMut(&Backend) -> Verdict<T>) -> Option<T> {
+    for _ in 0..MAX_ITERATIONS {
+        match judge(iter.next()?) {
+            Verdict::Take(t) => return Some(t),
+            Verdict::Next => {}
+            Verdict::Stop => return None,
+        }
+    }
+    None
 }

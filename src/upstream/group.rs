@@ -11,7 +11,7 @@ use std::time::Duration;
 use http::HeaderName;
 use pingora_load_balancing::Backend;
 
-use super::balancer::{Balance, Balancer};
+use super::balancer::{Balance, Balancer, Verdict};
 use super::breaker::{Breaker, BreakerConfig, State};
 use super::health::HealthSpec;
 use super::retry::{RetryBudget, RetryPolicy};
@@ -150,7 +150,7 @@ pub struct UpstreamGroup {
     pub balancer: Balancer,
     pub hash_key: Option<HashKey>,
     pub backends: Vec<Arc<Member>>,
-    /// `backends`' index by address, for groups too large to scan (see [`Self::member`]).
+    /// `backends`' index by address, for groups too large to scan (see [`Self::index_of`]).
     by_addr: HashMap<SocketAddr, usize, ahash::RandomState>,
     pub health: Option<HealthSpec>,
     pub timeouts: Timeouts,
@@ -211,9 +211,7 @@ impl UpstreamGroup {
                 (_, cfg) => cfg.map(|c| Arc::new(Breaker::new(c))),
             };
             let member = Arc::new(Member { state, breaker });
-            // the member is found by address, not carried in `Backend::ext`: Pingora's
-            // selection clones the chosen `Backend`, and an extension costs that clone a map
-            // and a box on every request
+            // the member is found by address (see `index_of`)
             let b = Backend::new_with_weight(&addr.to_string(), weight)
                 .map_err(|e| format!("backend {addr}: {e}"))?;
             if !set.insert(b) {
@@ -226,7 +224,7 @@ impl UpstreamGroup {
             .collect();
         Ok(UpstreamGroup {
             name: spec.name.into(),
-            balancer: Balancer::new(spec.balance, set)?,
+            balancer: Balancer::new(spec.balance, &set),
             hash_key: spec.hash_key,
             backends: members,
             by_addr,
@@ -250,34 +248,79 @@ impl UpstreamGroup {
         on_transition: &mut dyn FnMut(&Member, State),
     ) -> Option<Arc<Member>> {
         let now = now_ms();
-        let cell = std::cell::RefCell::new(on_transition);
-        let b = self.balancer.select_with(key, |b| {
-            self.member(b).is_some_and(|s| {
-                if !s.is_healthy() || exclude.contains(&s.addr) {
-                    return false;
-                }
-                match s.breaker.as_deref() {
+        let n = self.backends.len();
+        let mut seen = Seen::new(n);
+        let mut looked = 0;
+        self.balancer.select_with(key, |b| {
+            let Some(i) = self.index_of(b) else {
+                return Verdict::Next;
+            };
+            if !seen.mark(i) {
+                return Verdict::Next;
+            }
+            looked += 1;
+            let Some(m) = self.backends.get(i) else {
+                return Verdict::Next;
+            };
+            let admitted = m.is_healthy()
+                && !exclude.contains(&m.addr)
+                && match m.breaker.as_deref() {
                     None => true,
-                    Some(br) => br.admits(now, &mut |st| {
-                        if let Ok(mut f) = cell.try_borrow_mut() {
-                            f(s, st)
-                        }
-                    }),
-                }
-            })
-        })?;
-        self.member(&b).cloned()
+                    Some(br) => br.admits(now, &mut |st| on_transition(m, st)),
+                };
+            if admitted {
+                Verdict::Take(Arc::clone(m))
+            } else if looked >= n {
+                Verdict::Stop
+            } else {
+                Verdict::Next
+            }
+        })
     }
 
-    /// This generation's member for a backend of its balancer.
+    /// The index in `backends` of a backend of this generation's balancer.
     #[inline]
-    fn member(&self, b: &Backend) -> Option<&Arc<Member>> {
+    fn index_of(&self, b: &Backend) -> Option<usize> {
         let addr = b.addr.as_inet()?;
         if self.backends.len() <= 8 {
-            self.backends.iter().find(|m| m.addr == *addr)
+            self.backends.iter().position(|m| m.addr == *addr)
         } else {
-            self.by_addr.get(addr).and_then(|&i| self.backends.get(i))
+            self.by_addr.get(addr).copied()
         }
+    }
+}
+
+/// The members one selection has looked at, a bit each: the algorithms may offer a backend
+/// more than once, and its breaker is asked only the first time.
+enum Seen {
+    /// Groups of up to 64 backends: no allocation.
+    Word(u64),
+    Words(Vec<u64>),
+}
+
+impl Seen {
+    fn new(n: usize) -> Self {
+        if n <= 64 {
+            Seen::Word(0)
+        } else {
+            Seen::Words(vec![0; n.div_ceil(64)])
+        }
+    }
+
+    /// Marks member `i`; false when it was marked before.
+    #[inline]
+    fn mark(&mut self, i: usize) -> bool {
+        let (word, bit) = match self {
+            Seen::Word(w) => (w, i),
+            Seen::Words(ws) => match ws.get_mut(i / 64) {
+                Some(w) => (w, i % 64),
+                None => return false,
+            },
+        };
+        let m = 1u64 << (bit % 64);
+        let fresh = *word & m == 0;
+        *word |= m;
+        fresh
     }
 }
 
@@ -286,9 +329,13 @@ mod tests {
     use super::*;
 
     fn group(n: u16) -> UpstreamGroup {
+        group_of(n, Balance::RoundRobin)
+    }
+
+    fn group_of(n: u16, balance: Balance) -> UpstreamGroup {
         let spec = GroupSpec {
             name: "g".into(),
-            balance: Balance::RoundRobin,
+            balance,
             addrs: (1..=n)
                 .map(|i| (SocketAddr::from(([127, 0, 0, 1], 9000 + i)), 1))
                 .collect(),
@@ -309,10 +356,11 @@ mod tests {
 
     /// Members are found by address, scanned in small groups and through the index in large
     /// ones: every backend is chosen in turn, exclusions hold, and the member returned is the
-    /// group's own (its breaker and state).
+    /// group's own (its breaker and state). Groups over 64 backends keep what a selection has
+    /// seen in more than one word.
     #[test]
     fn selection_finds_each_member_by_address() {
-        for n in [1u16, 3, 8, 9, 40] {
+        for n in [1u16, 3, 8, 9, 40, 64, 65, 200] {
             let g = group(n);
             let mut seen = std::collections::HashSet::new();
             for _ in 0..(3 * n) {
@@ -330,6 +378,34 @@ mod tests {
                 assert_eq!(m.addr, last, "n={n}: the one backend not excluded");
             }
             assert!(g.select(b"", &all, &mut |_, _| {}).is_none(), "n={n}");
+        }
+    }
+
+    /// Random and consistent hashing walk the same way: the member is the group's own, an
+    /// excluded backend is never chosen, the same key keeps its backend, and a group with
+    /// every backend excluded selects none.
+    #[test]
+    fn every_algorithm_honours_exclusions() {
+        for balance in [Balance::Random, Balance::ConsistentHash] {
+            for n in [1u16, 3, 9] {
+                let g = group_of(n, balance);
+                let all: Vec<SocketAddr> = g.backends.iter().map(|m| m.addr).collect();
+                for k in 0..50u32 {
+                    let key = k.to_le_bytes();
+                    let m = g.select(&key, &all[1..], &mut |_, _| {}).unwrap();
+                    assert_eq!(m.addr, all[0], "{balance:?} n={n}");
+                    let m = g.select(&key, &[], &mut |_, _| {}).unwrap();
+                    assert!(g.backends.iter().any(|b| Arc::ptr_eq(b, &m)));
+                    if balance == Balance::ConsistentHash {
+                        let again = g.select(&key, &[], &mut |_, _| {}).unwrap();
+                        assert_eq!(again.addr, m.addr, "n={n}: a key keeps its backend");
+                    }
+                }
+                assert!(
+                    g.select(b"k", &all, &mut |_, _| {}).is_none(),
+                    "{balance:?}"
+                );
+            }
         }
     }
 }
