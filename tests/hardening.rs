@@ -671,3 +671,82 @@ async fn header_name_spelling_by_default_and_preserved() {
     assert_eq!(targets[..2], targets[2..], "{targets:?}");
     task.abort();
 }
+
+/// Hop-by-hop fields never reach the backend, whichever of them the client sends (the
+/// standard Pingora policy then applies), and a request with none of them goes up with its
+/// own fields untouched (gatehouse skips the policy's removals then): `Connection` and what
+/// it nominates, `Keep-Alive`, `Proxy-Connection`, `Proxy-Authorization`, `TE`, `Trailer`,
+/// `Upgrade` (not a WebSocket one) and `HTTP2-Settings`. A `Connection` that nominates a
+/// field the gateway sets itself is refused.
+#[tokio::test]
+async fn hop_by_hop_fields_never_reach_the_backend() {
+    let (backend, log, task) =
+        strict_backend_answering(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+    let gw = TestGateway::start(|p| {
+        common::simple_config(
+            p,
+            &format!("  up:\n    backends: [\"{backend}\"]\n    retry: {{ attempts: 0 }}\n"),
+            "  - id: p\n    match: { path_prefix: /p }\n    upstream: up\n",
+        )
+    })
+    .await;
+    let hop = [
+        "connection",
+        "keep-alive",
+        "proxy-connection",
+        "proxy-authorization",
+        "te",
+        "trailer",
+        "upgrade",
+        "http2-settings",
+        "x-secret",
+    ];
+    let cases: [&str; 5] = [
+        "",
+        "Connection: X-Secret, keep-alive\r\nKeep-Alive: timeout=5\r\nX-Secret: s\r\n",
+        "Proxy-Connection: keep-alive\r\nProxy-Authorization: Basic eA==\r\nTE: trailers\r\nTrailer: X-T\r\n",
+        "Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n",
+        "Keep-Alive: timeout=5\r\n",
+    ];
+    for (i, extra) in cases.iter().enumerate() {
+        let req = format!(
+            "GET /p/{i} HTTP/1.1\r\nHost: a.test\r\nX-Client-Thing: {i}\r\nAccept: */*\r\n{extra}\r\n"
+        );
+        let answer = exchange(gw.port, req.as_bytes()).await;
+        assert!(answer.starts_with("HTTP/1.1 200 "), "{i}: {answer}");
+        let (head, _) = log.lock().unwrap().pop().unwrap().unwrap();
+        let lower = head.to_ascii_lowercase();
+        let names: Vec<&str> = (lower.split("\r\n").skip(1))
+            .filter_map(|l| l.split_once(':').map(|(n, _)| n))
+            .collect();
+        for name in hop {
+            assert!(!names.contains(&name), "{i}: {name} went upstream: {head}");
+        }
+        assert!(
+            names.contains(&"x-client-thing") && names.contains(&"accept"),
+            "{i}: {head}"
+        );
+        assert!(
+            lower.starts_with(&format!("get /p/{i} http/1.1\r\n")),
+            "{head}"
+        );
+    }
+    // nominating a field the gateway sets (or a pseudo-header) is refused, not forwarded
+    let before = log.lock().unwrap().len();
+    for nominated in ["X-Forwarded-For", ":authority"] {
+        let req = format!(
+            "GET /p/n HTTP/1.1\r\nHost: a.test\r\nConnection: {nominated}\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n"
+        );
+        let answer = exchange(gw.port, req.as_bytes()).await;
+        assert!(
+            answer.starts_with("HTTP/1.1 4") || answer.starts_with("HTTP/1.1 5"),
+            "{nominated}: {answer}"
+        );
+    }
+    assert_eq!(
+        log.lock().unwrap().len(),
+        before,
+        "nothing reached the backend"
+    );
+    task.abort();
+}

@@ -183,6 +183,8 @@ pub(super) async fn upstream_peer(
     peer.options.read_timeout = cap(t.read);
     peer.options.write_timeout = cap(t.write);
     peer.options.idle_timeout = Some(t.idle);
+    let sent = super::forward::SentNames::of(ctx, &s.req_header().headers);
+    peer.options.http_upstream_request_policy = super::forward::upstream_policy(sent);
     if let Some(log) = ctx.spans.as_mut() {
         log.end_attempt(None, Some("abandoned"));
         log.attempts.push(super::spans::AttemptSpan {

@@ -65,6 +65,9 @@ pub struct Ctx {
     request_id_header: Option<http::HeaderValue>,
     /// Why the gateway answered itself, for the access log.
     pub(crate) failure: Option<Failure>,
+    /// What the client's header names hold that the upstream request depends on (looked at
+    /// once, when first needed).
+    pub(crate) sent: Option<super::forward::SentNames>,
     /// Request body bytes received so far (`limits::count_body`).
     pub(crate) body_bytes: u64,
     /// The plugin chain's per-request state (`pipeline`).
@@ -101,6 +104,7 @@ impl Ctx {
             trace: Trace::default(),
             request_id_header: None,
             failure: None,
+            sent: None,
             body_bytes: 0,
             chain: ChainState::default(),
             attempt: AttemptState::default(),
@@ -121,9 +125,14 @@ impl Ctx {
         };
         if let Some(peer) = s.client_addr().and_then(|a| a.as_inet()).map(|a| a.ip()) {
             self.peer_ip = peer.to_canonical();
-            let xff = h.get(super::names::X_FORWARDED_FOR).map(|v| v.as_bytes());
-            let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
-            self.info.client_ip = client_ip(peer, xff, fwd, &self.snap.server);
+            // the forwarding headers are looked up only when the peer may set them
+            self.info.client_ip = if self.snap.server.is_trusted(self.peer_ip) {
+                let xff = h.get(super::names::X_FORWARDED_FOR).map(|v| v.as_bytes());
+                let fwd = h.get(http::header::FORWARDED).map(|v| v.as_bytes());
+                client_ip(peer, xff, fwd, &self.snap.server)
+            } else {
+                self.peer_ip
+            };
         }
         if let Some(ssl) = s.digest().and_then(|d| d.ssl_digest.as_ref()) {
             self.info.client_cert =

@@ -7,6 +7,7 @@
 use std::net::IpAddr;
 
 use http::{HeaderMap, HeaderName, HeaderValue};
+use pingora_core::upstreams::peer::HttpUpstreamRequestPolicy;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
@@ -173,9 +174,9 @@ fn rewrite(s: &Session, req: &mut impl Edit, ctx: &mut Ctx) -> Result<()> {
             UpstreamHost::Fixed(v) => req.set(http::header::HOST, v.clone())?,
         }
     }
-    let (cert_headers, tracestate) = client_headers_to_drop(req.headers(), ctx);
+    let sent = SentNames::of(ctx, req.headers());
     forwarded(s, req, ctx)?;
-    client_cert_headers(req, ctx, cert_headers)?;
+    client_cert_headers(req, ctx, sent.cert)?;
     req.set(X_REQUEST_ID, ctx.request_id_value())?;
     // the attempt's own span (when tracing) is the backend's parent
     let span = match ctx.spans.as_mut().and_then(|l| l.attempts.last_mut()) {
@@ -188,7 +189,7 @@ fn rewrite(s: &Session, req: &mut impl Edit, ctx: &mut Ctx) -> Result<()> {
     let traceparent = HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
     req.set(TRACEPARENT, traceparent)?;
-    if tracestate && !ctx.trace().continued {
+    if sent.tracestate && !ctx.trace().continued {
         req.remove(&TRACESTATE);
     }
     Ok(())
@@ -240,20 +241,74 @@ fn forwarded(s: &Session, req: &mut impl Edit, ctx: &Ctx) -> Result<()> {
     Ok(())
 }
 
-/// Whether the client sent any of the client-certificate identity headers, and whether it
-/// sent `tracestate`: one pass over its header names, so that the common request (none of
-/// them) costs no hashed removal per name.
-fn client_headers_to_drop(headers: &HeaderMap, ctx: &Ctx) -> (bool, bool) {
-    let names = &ctx.snap.server.client_cert_headers;
-    let (mut cert, mut tracestate) = (false, false);
-    for k in headers.keys() {
-        cert |= *k == names.subject
-            || *k == names.sans
-            || *k == names.fingerprint
-            || *k == names.verified;
-        tracestate |= *k == TRACESTATE;
+/// What the client's header names hold that the upstream request's handling depends on,
+/// found in one pass over them (most requests hold none of it), once per request.
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct SentNames {
+    /// One of the client-certificate identity headers (removed: a client cannot claim one).
+    pub cert: bool,
+    /// `tracestate` (removed unless the client's trace is continued).
+    pub tracestate: bool,
+    /// A hop-by-hop field: `Connection` (and what it nominates), `Keep-Alive`,
+    /// `Proxy-Connection`, `Proxy-Authenticate`, `Proxy-Authorization`, `TE`, `Trailer`,
+    /// `Transfer-Encoding`, `Upgrade`, `HTTP2-Settings`. Pingora strips them from the
+    /// upstream request (its standard `HttpUpstreamRequestPolicy`); without any of them that
+    /// work (ten hashed removals, ~2.7k instructions) finds nothing, so the attempt's peer
+    /// skips it (see [`upstream_policy`]).
+    pub hop_by_hop: bool,
+}
+
+impl SentNames {
+    /// The request's names, looked at on first use.
+    pub(crate) fn of(ctx: &mut Ctx, headers: &HeaderMap) -> SentNames {
+        if let Some(sent) = ctx.sent {
+            return sent;
+        }
+        let names = &ctx.snap.server.client_cert_headers;
+        let mut sent = SentNames::default();
+        for k in headers.keys() {
+            sent.cert |= *k == names.subject
+                || *k == names.sans
+                || *k == names.fingerprint
+                || *k == names.verified;
+            sent.tracestate |= *k == TRACESTATE;
+            sent.hop_by_hop |= is_hop_by_hop(k);
+        }
+        ctx.sent = Some(sent);
+        sent
     }
-    (cert, tracestate)
+}
+
+/// The fields Pingora's standard upstream request policy strips (or acts on: `Connection`
+/// nominates more, `Upgrade` may be a WebSocket handshake), as `pingora-proxy` lists them.
+fn is_hop_by_hop(k: &HeaderName) -> bool {
+    use http::header::{
+        CONNECTION, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER, TRANSFER_ENCODING,
+        UPGRADE,
+    };
+    *k == CONNECTION
+        || *k == TRANSFER_ENCODING
+        || *k == TE
+        || *k == UPGRADE
+        || *k == TRAILER
+        || *k == PROXY_AUTHENTICATE
+        || *k == PROXY_AUTHORIZATION
+        || matches!(
+            k.as_str(),
+            "keep-alive" | "proxy-connection" | "http2-settings"
+        )
+}
+
+/// The policy Pingora applies to the downstream request's headers on their way upstream:
+/// its standard one (hop-by-hop fields stripped, `Connection` nominations removed or refused,
+/// only a WebSocket upgrade passed on) whenever the client sent one of the fields it acts
+/// on, and none at all when it sent none, where the standard policy would change nothing.
+pub(crate) fn upstream_policy(sent: SentNames) -> HttpUpstreamRequestPolicy {
+    if sent.hop_by_hop {
+        HttpUpstreamRequestPolicy::standard()
+    } else {
+        HttpUpstreamRequestPolicy::preserve()
+    }
 }
 
 /// The verified client certificate's subject, SANs, fingerprint and `verified: true`, after
