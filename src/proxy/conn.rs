@@ -732,7 +732,7 @@ impl HeadDeadline {
                 self.matched = 0;
             }
         }
-        if let Some(at) = memchr::memmem::find(rest, END) {
+        if let Some(at) = find_head_end(rest) {
             self.head_done(rest.len() - at - END.len());
             return;
         }
@@ -751,6 +751,21 @@ impl HeadDeadline {
         self.matched = 0;
         self.wrote_since_head = false;
     }
+}
+
+/// Where the first `\r\n\r\n` in `h` starts: each `\n` (found with `memchr`) is checked as
+/// the last byte of one. A head has a handful of lines, so this is a few `memchr` calls;
+/// `memmem::find` set up a Rabin-Karp (or, from 64 bytes, a two-way) search on every read.
+fn find_head_end(h: &[u8]) -> Option<usize> {
+    let mut from = 0;
+    while let Some(i) = h.get(from..).and_then(|rest| memchr::memchr(b'\n', rest)) {
+        let nl = from + i;
+        if nl >= 3 && h.get(nl - 3..=nl) == Some(b"\r\n\r\n".as_slice()) {
+            return Some(nl - 3);
+        }
+        from = nl + 1;
+    }
+    None
 }
 
 impl AsyncRead for HeadDeadline {
@@ -1077,6 +1092,32 @@ impl Peek for HeadDeadline {
 
 #[cfg(test)]
 mod tests {
+    /// The head's end is found where `memmem` finds `\r\n\r\n`, for every string of up to
+    /// nine bytes of `\r`, `\n` and `a`, and in real heads.
+    #[test]
+    fn head_end_is_memmems() {
+        let alphabet = [b'\r', b'\n', b'a'];
+        for len in 0..=9u32 {
+            for code in 0..3usize.pow(len) {
+                let mut c = code;
+                let h: Vec<u8> = (0..len)
+                    .map(|_| {
+                        let b = alphabet[c % 3];
+                        c /= 3;
+                        b
+                    })
+                    .collect();
+                assert_eq!(
+                    find_head_end(&h),
+                    memchr::memmem::find(&h, b"\r\n\r\n"),
+                    "{h:?}"
+                );
+            }
+        }
+        let head = b"GET / HTTP/1.1\r\nHost: a\r\nX: \n\r\n\r\nbody\r\n\r\n";
+        assert_eq!(find_head_end(head), memchr::memmem::find(head, b"\r\n\r\n"));
+    }
+
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
