@@ -195,14 +195,13 @@ pub(super) async fn logging(s: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
 
 /// The gateway's JSON error body: `{"error": message, "request_id": id}`, written in one
 /// buffer (no `serde_json::Value` map: this is on the path of every answer the gateway gives
-/// itself).
+/// itself), the strings escaped as the access log escapes them.
 fn error_body(message: &str, request_id: &str) -> Bytes {
     let mut v = Vec::with_capacity(message.len() + request_id.len() + 32);
-    // cannot fail: a `str` always serializes, and writing to a `Vec` never fails
     v.extend_from_slice(b"{\"error\":");
-    let _ = serde_json::to_writer(&mut v, message);
+    crate::access_log::json_str(&mut v, message);
     v.extend_from_slice(b",\"request_id\":");
-    let _ = serde_json::to_writer(&mut v, request_id);
+    crate::access_log::json_str(&mut v, request_id);
     v.push(b'}');
     Bytes::from(v)
 }
