@@ -16,8 +16,8 @@ use http::{HeaderName, HeaderValue};
 use serde::Deserialize;
 
 use crate::api::{
-    BuildEnv, BuildError, BuildResult, Plugin, PluginCtx, PluginSpec, RequestHeader,
-    ResponseHeader, Result, Session,
+    edit_request, edit_response, BuildEnv, BuildError, BuildResult, HeaderEdit, Plugin, PluginCtx,
+    PluginSpec, RequestHeader, ResponseHeader, Result, Session,
 };
 
 /// One side's raw rewrite rules.
@@ -95,18 +95,25 @@ pub struct Headers {
     response: Rewrite,
 }
 
-macro_rules! apply_rewrite {
-    ($rw:expr, $h:expr) => {{
-        for n in &$rw.remove {
-            $h.remove_header(n);
+impl Rewrite {
+    /// The removals, then the `set` and `add` entries, in that order.
+    fn apply(&self, h: &mut dyn HeaderEdit) -> Result<()> {
+        for n in &self.remove {
+            h.remove(n);
         }
-        for (n, v) in &$rw.set {
-            $h.insert_header(n.clone(), v.clone())?;
+        for (n, v) in &self.set {
+            h.set(n.clone(), v.clone())?;
         }
-        for (n, v) in &$rw.add {
-            $h.append_header(n.clone(), v.clone())?;
+        for (n, v) in &self.add {
+            h.add(n.clone(), v.clone())?;
         }
-    }};
+        Ok(())
+    }
+
+    /// The headers the rewrite may add.
+    fn room(&self) -> usize {
+        self.set.len() + self.add.len()
+    }
 }
 
 #[async_trait]
@@ -117,8 +124,8 @@ impl Plugin for Headers {
         req: &mut RequestHeader,
         _cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
-        apply_rewrite!(self.request, req);
-        Ok(())
+        let rw = &self.request;
+        edit_request(req, rw.room(), |h| rw.apply(h))
     }
 
     async fn response_filter(
@@ -127,8 +134,8 @@ impl Plugin for Headers {
         resp: &mut ResponseHeader,
         _cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
-        apply_rewrite!(self.response, resp);
-        Ok(())
+        let rw = &self.response;
+        edit_response(resp, rw.room(), |h| rw.apply(h))
     }
 }
 

@@ -66,8 +66,9 @@ use serde::Deserialize;
 
 use crate::api::units::Dur;
 use crate::api::{
-    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, GlobalCounters, GlobalError, OnError,
-    Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader, Result, Session, VerifiedClaims,
+    edit_response, BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, GlobalCounters,
+    GlobalError, OnError, Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader, Result, Session,
+    VerifiedClaims,
 };
 
 /// The plugin's YAML config.
@@ -272,13 +273,22 @@ pub struct RateLimit {
     missing: Missing,
     status: u16,
     rate: Rate,
-    name: String,
+    /// `"name";r=`: the start of every `RateLimit` value.
+    rate_prefix: Vec<u8>,
     policy: HeaderValue,
 }
 
 impl RateLimit {
+    /// `RateLimit: "name";r=remaining;t=reset`, written into one allocation of its exact size.
     fn rate_header(&self, remaining: u64, reset: u64) -> HeaderValue {
-        HeaderValue::from_str(&format!("\"{}\";r={remaining};t={reset}", self.name))
+        let (mut r, mut t) = (itoa::Buffer::new(), itoa::Buffer::new());
+        let (r, t) = (r.format(remaining).as_bytes(), t.format(reset).as_bytes());
+        let mut v = Vec::with_capacity(self.rate_prefix.len() + r.len() + 3 + t.len());
+        v.extend_from_slice(&self.rate_prefix);
+        v.extend_from_slice(r);
+        v.extend_from_slice(b";t=");
+        v.extend_from_slice(t);
+        HeaderValue::from_maybe_shared(bytes::Bytes::from(v))
             .unwrap_or(HeaderValue::from_static("\"limit\""))
     }
 
@@ -475,17 +485,17 @@ impl Plugin for RateLimit {
         resp: &mut ResponseHeader,
         cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
-        if let Some(seen) = cx.state::<Seen>() {
-            resp.append_header(
+        let Some(seen) = cx.state::<Seen>() else {
+            return Ok(());
+        };
+        let rate = self.rate_header(seen.remaining, seen.reset);
+        edit_response(resp, 2, |h| {
+            h.add(
                 HeaderName::from_static("ratelimit-policy"),
                 self.policy.clone(),
             )?;
-            resp.append_header(
-                HeaderName::from_static("ratelimit"),
-                self.rate_header(seen.remaining, seen.reset),
-            )?;
-        }
-        Ok(())
+            h.add(HeaderName::from_static("ratelimit"), rate)
+        })
     }
 }
 
@@ -604,7 +614,7 @@ impl PluginSpec for RateLimit {
             missing: c.missing_key,
             status: c.status,
             rate,
-            name,
+            rate_prefix: format!("\"{name}\";r=").into_bytes(),
             policy,
         })
     }

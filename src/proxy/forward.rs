@@ -18,6 +18,7 @@ use super::names::{
 };
 use super::trace;
 use crate::state::{Route, UpstreamHost};
+use gatehouse_plugins::api::headers::{with_request_parts, with_response_parts, HeaderEdit};
 
 /// Headers gatehouse may add to a request going upstream: `Host`, `X-Forwarded-For`, `-Proto`,
 /// `-Host`, `X-Request-Id`, `traceparent` and the four client-certificate headers.
@@ -65,7 +66,10 @@ pub(super) fn plain_response(resp: &mut ResponseHeader, ctx: &Ctx) -> Result<()>
         return Ok(());
     }
     let room = 2 + 2 * plugins.min(8);
-    with_response_parts(resp, |p| p.headers.try_reserve(room).map(drop))
+    with_response_parts(resp, |p| {
+        (p.headers.try_reserve(room))
+            .map_err(|e| Error::because(ErrorType::InternalError, "response headers", e))
+    })
 }
 
 /// `X-Request-Id` on the response going to the client.
@@ -74,92 +78,12 @@ pub(super) fn response_request_id(resp: &mut ResponseHeader, ctx: &mut Ctx) -> R
     if ctx.snap.server.preserve_header_case && resp.has_case() {
         return resp.insert_header("x-request-id", id);
     }
-    with_response_parts(resp, |p| p.headers.try_insert(X_REQUEST_ID, id).map(drop))
-}
-
-/// Runs `edit` on `req`'s plain `http` parts, moved out and back (as [`with_response_parts`]
-/// for a response). What the parts do not carry is kept: a target the URI does not reproduce
-/// (absolute-form, or not UTF-8) and the h2 END_STREAM choice. The case map is dropped.
-fn with_request_parts(
-    req: &mut RequestHeader,
-    edit: impl FnOnce(&mut http::request::Parts) -> Result<()>,
-) -> Result<()> {
-    let (raw, uri) = (req.raw_path(), req.uri.path_and_query());
-    let keep_target = (!raw.is_empty()
-        && (!req.raw_path_is_utf8() || uri.map(|p| p.as_str().as_bytes()) != Some(raw)))
-    .then(|| raw.to_vec());
-    let send_end_stream = req.send_end_stream();
-    let placeholder = RequestHeader::from(http::Request::new(()).into_parts().0);
-    let mut parts = http::request::Parts::from(std::mem::replace(req, placeholder));
-    let done = edit(&mut parts);
-    *req = RequestHeader::from(parts);
-    if let Some(t) = keep_target {
-        req.set_raw_path(&t)?;
-    }
-    if let Some(e) = send_end_stream {
-        req.set_send_end_stream(e);
-    }
-    done
-}
-
-/// Runs `edit` on `resp`'s plain `http` parts, moved out and back: no name parsing or
-/// copies, and the header map's own capacity. What the parts do not carry is kept: a
-/// reason phrase other than the status's own. The case map, if any, is dropped.
-fn with_response_parts(
-    resp: &mut ResponseHeader,
-    edit: impl FnOnce(&mut http::response::Parts) -> Result<(), http::header::MaxSizeReached>,
-) -> Result<()> {
-    let reason = (resp.get_reason_phrase())
-        .filter(|r| Some(*r) != resp.status.canonical_reason())
-        .map(str::to_owned);
-    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
-    let mut parts = http::response::Parts::from(std::mem::replace(resp, placeholder));
-    let done = edit(&mut parts)
-        .map_err(|e| Error::because(ErrorType::InternalError, "response headers", e));
-    *resp = ResponseHeader::from(parts);
-    if reason.is_some() {
-        resp.set_reason_phrase(reason.as_deref())?;
-    }
-    done
-}
-
-/// A request's headers while gatehouse edits them: Pingora's case-keeping `RequestHeader`,
-/// or the plain `http` parts moved out of it.
-trait Edit {
-    fn headers(&self) -> &HeaderMap;
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()>;
-    fn remove(&mut self, name: &HeaderName);
-}
-
-impl Edit for RequestHeader {
-    fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        self.insert_header(name, value)
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.remove_header(name);
-    }
-}
-
-impl Edit for http::request::Parts {
-    fn headers(&self) -> &HeaderMap {
-        &self.headers
-    }
-    fn set(&mut self, name: HeaderName, value: HeaderValue) -> Result<()> {
-        (self.headers.try_insert(name, value))
-            .map(drop)
-            .map_err(|e| Error::because(ErrorType::InternalError, "upstream headers", e))
-    }
-    fn remove(&mut self, name: &HeaderName) {
-        self.headers.remove(name);
-    }
+    with_response_parts(resp, |p| p.set(X_REQUEST_ID, id))
 }
 
 /// `Host`, `X-Forwarded-*`, the client certificate's headers, `X-Request-Id` and the trace
 /// context.
-fn rewrite(s: &Session, req: &mut impl Edit, ctx: &mut Ctx) -> Result<()> {
+fn rewrite(s: &Session, req: &mut impl HeaderEdit, ctx: &mut Ctx) -> Result<()> {
     if let Some(route) = ctx.route.as_deref() {
         match &route.upstream_host {
             // HTTP/1.0 clients may omit Host; the HTTP/1.1 request upstream must carry one
@@ -224,7 +148,7 @@ fn strip_prefix(route: &Route, req: &mut RequestHeader) -> Result<()> {
 }
 
 /// `X-Forwarded-For` (the peer appended), `-Proto` and `-Host`.
-fn forwarded(s: &Session, req: &mut impl Edit, ctx: &Ctx) -> Result<()> {
+fn forwarded(s: &Session, req: &mut impl HeaderEdit, ctx: &Ctx) -> Result<()> {
     let trusted_peer = ctx.snap.server.is_trusted(ctx.peer_ip);
     let xff = upstream_forwarded_for(req.headers().get(&X_FORWARDED_FOR), ctx.peer_ip)
         .map_err(|e| Error::because(ErrorType::InternalError, "x-forwarded-for", e))?;
@@ -317,7 +241,7 @@ pub(crate) fn upstream_policy(sent: SentNames) -> HttpUpstreamRequestPolicy {
 /// The verified client certificate's subject, SANs, fingerprint and `verified: true`, after
 /// every copy the client sent of those headers is removed (a client cannot claim an identity;
 /// `present`: it sent at least one of them).
-fn client_cert_headers(req: &mut impl Edit, ctx: &Ctx, present: bool) -> Result<()> {
+fn client_cert_headers(req: &mut impl HeaderEdit, ctx: &Ctx, present: bool) -> Result<()> {
     let names = &ctx.snap.server.client_cert_headers;
     if present {
         for n in [

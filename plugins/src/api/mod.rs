@@ -4,6 +4,7 @@
 
 mod ctx;
 mod global;
+pub mod headers;
 mod registry;
 mod reply;
 mod shared;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 pub use ctx::{PluginCtx, RequestInfo};
 pub use global::{GlobalCounters, GlobalDecision, GlobalError, OnError};
+pub use headers::{edit_request, edit_response, HeaderEdit};
 pub use pingora_error::{Error, ErrorType, Result};
 pub use pingora_http::{RequestHeader, ResponseHeader};
 pub use pingora_proxy::Session;

@@ -41,8 +41,8 @@ use crate::api::units::Dur;
 use origin::OriginRule;
 
 use crate::api::{
-    BuildEnv, BuildError, BuildResult, Flow, Plugin, PluginCtx, PluginSpec, Reply, ResponseHeader,
-    Result, Session,
+    edit_response, BuildEnv, BuildError, BuildResult, Flow, HeaderEdit, Plugin, PluginCtx,
+    PluginSpec, Reply, ResponseHeader, Result, Session,
 };
 
 /// The plugin's YAML config.
@@ -114,8 +114,8 @@ fn join(
         .map_err(|_| BuildError::at(field, "invalid header value"))
 }
 
-fn add_vary(h: &mut ResponseHeader, what: &'static str) -> Result<()> {
-    let present = h.headers.get_all(VARY).iter().any(|v| {
+fn add_vary(h: &mut dyn HeaderEdit, what: &'static str) -> Result<()> {
+    let present = h.headers().get_all(VARY).iter().any(|v| {
         v.to_str()
             .map(|s| {
                 s.split(',')
@@ -124,7 +124,7 @@ fn add_vary(h: &mut ResponseHeader, what: &'static str) -> Result<()> {
             .unwrap_or(false)
     });
     if !present {
-        h.append_header(VARY, what)?;
+        h.add(VARY, HeaderValue::from_static(what))?;
     }
     Ok(())
 }
@@ -213,19 +213,25 @@ impl Plugin for Cors {
         resp: &mut ResponseHeader,
         cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
-        for h in &UPSTREAM_CORS {
-            resp.remove_header(h);
-        }
-        if let Some(Decision::Allowed(origin)) = cx.state::<Decision>() {
-            resp.insert_header(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
-            if self.credentials {
-                resp.insert_header(ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE)?;
+        let allowed = match cx.state::<Decision>() {
+            Some(Decision::Allowed(origin)) => Some(origin),
+            _ => None,
+        };
+        edit_response(resp, 4, |h| {
+            for n in &UPSTREAM_CORS {
+                h.remove(n);
             }
-            if let Some(e) = &self.expose {
-                resp.insert_header(ACCESS_CONTROL_EXPOSE_HEADERS, e.clone())?;
+            if let Some(origin) = allowed {
+                h.set(ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone())?;
+                if self.credentials {
+                    h.set(ACCESS_CONTROL_ALLOW_CREDENTIALS, TRUE)?;
+                }
+                if let Some(e) = &self.expose {
+                    h.set(ACCESS_CONTROL_EXPOSE_HEADERS, e.clone())?;
+                }
             }
-        }
-        add_vary(resp, "Origin")
+            add_vary(h, "Origin")
+        })
     }
 }
 

@@ -47,8 +47,8 @@ use serde_json::Value;
 
 use crate::api::units::Dur;
 use crate::api::{
-    BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx, PluginSpec, Reply,
-    RequestHeader, Result, Session, VerifiedClaims,
+    edit_request, BuildEnv, BuildError, BuildResult, DecisionMetric, Flow, Plugin, PluginCtx,
+    PluginSpec, Reply, RequestHeader, Result, Session, VerifiedClaims,
 };
 pub use keys::{parse_jwks, Key};
 pub use source::{KeyStore, REFRESH_COOLDOWN};
@@ -329,17 +329,21 @@ impl Plugin for Jwt {
             })
             .cloned()
             .collect();
-        for h in forged {
-            req.remove_header(&h);
-        }
-        if let Some(VerifiedClaims(claims)) = cx.state::<VerifiedClaims>() {
+        let claims = cx.state::<VerifiedClaims>().map(|VerifiedClaims(c)| c);
+        edit_request(req, self.forward.len(), |h| {
+            for n in &forged {
+                h.remove(n);
+            }
+            let Some(claims) = claims else {
+                return Ok(());
+            };
             for (claim, header) in &self.forward {
                 if let Some(v) = claims.get(claim).and_then(claim_header_value) {
-                    req.insert_header(header.clone(), v)?;
+                    h.set(header.clone(), v)?;
                 }
             }
-        }
-        Ok(())
+            Ok(())
+        })
     }
 
     fn published(&self) {

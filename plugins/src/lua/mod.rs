@@ -209,8 +209,10 @@ impl Plugin for Lua {
         let Some(p) = cx.state_mut::<PerRequest>() else {
             return Ok(());
         };
-        for e in &p.upstream {
-            e.apply_request(req)?;
+        if !p.upstream.is_empty() {
+            crate::api::edit_request(req, p.upstream.len(), |h| {
+                p.upstream.iter().try_for_each(|e| e.apply(h))
+            })?;
         }
         if p.path.is_some() || p.query.is_some() {
             let path = p.path.as_deref().unwrap_or(req.uri.path());
@@ -239,8 +241,11 @@ impl Plugin for Lua {
         cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
         if let Some(p) = cx.state_mut::<PerRequest>() {
-            for e in std::mem::take(&mut p.response) {
-                e.apply_response(resp)?;
+            let edits = std::mem::take(&mut p.response);
+            if !edits.is_empty() {
+                crate::api::edit_response(resp, edits.len(), |h| {
+                    edits.iter().try_for_each(|e| e.apply(h))
+                })?;
             }
         }
         if !self.defines(Phase::HeaderFilter) {

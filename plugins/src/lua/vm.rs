@@ -144,26 +144,16 @@ pub enum HeaderEdit {
 }
 
 impl HeaderEdit {
-    pub fn apply_request(&self, h: &mut RequestHeader) -> pingora_error::Result<()> {
+    /// Applies the change to a request's or a response's headers.
+    pub fn apply(&self, h: &mut dyn crate::api::HeaderEdit) -> pingora_error::Result<()> {
         match self {
-            HeaderEdit::Set(n, v) => h.insert_header(n.clone(), v.clone())?,
-            HeaderEdit::Add(n, v) => h.append_header(n.clone(), v.clone()).map(|_| ())?,
+            HeaderEdit::Set(n, v) => h.set(n.clone(), v.clone()),
+            HeaderEdit::Add(n, v) => h.add(n.clone(), v.clone()),
             HeaderEdit::Clear(n) => {
-                h.remove_header(n);
+                h.remove(n);
+                Ok(())
             }
         }
-        Ok(())
-    }
-
-    pub fn apply_response(&self, h: &mut ResponseHeader) -> pingora_error::Result<()> {
-        match self {
-            HeaderEdit::Set(n, v) => h.insert_header(n.clone(), v.clone())?,
-            HeaderEdit::Add(n, v) => h.append_header(n.clone(), v.clone()).map(|_| ())?,
-            HeaderEdit::Clear(n) => {
-                h.remove_header(n);
-            }
-        }
-        Ok(())
     }
 }
 
@@ -1096,7 +1086,7 @@ fn api(lua: &Lua, route: Arc<str>) -> mlua::Result<Table> {
             _ => {
                 // SAFETY: see `View`; no other reference to the response is alive
                 let resp = unsafe { v.resp.as_mut() }.ok_or_else(|| outside(what))?;
-                e.apply_response(resp)
+                crate::api::edit_response(resp, 1, |h| e.apply(h))
                     .map_err(|err| mlua::Error::runtime(format!("{what}: {err}")))
             }
         }
