@@ -2,7 +2,8 @@
 //! reset (CVE-2023-44487), a CONTINUATION flood (CVE-2024-27316 family), an oversized header
 //! list, a SETTINGS and PING flood, and too many concurrent streams. For each: the attacker's
 //! connection is refused or closed within a bounded number of frames, the process's memory
-//! stays bounded, and a normal client is still served.
+//! stays bounded, and a normal client is still served. And the other way round: the request
+//! id, new in every response, never enters a client's HPACK table.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -139,6 +140,8 @@ struct FrameReader {
     buf: Vec<u8>,
     /// Start of the first frame not returned yet.
     at: usize,
+    /// Where the frame returned last starts in `buf`.
+    last: usize,
 }
 
 impl FrameReader {
@@ -147,6 +150,7 @@ impl FrameReader {
             r,
             buf: Vec::new(),
             at: 0,
+            last: 0,
         }
     }
 
@@ -158,6 +162,7 @@ impl FrameReader {
                 let len = (usize::from(b[0]) << 16) | (usize::from(b[1]) << 8) | usize::from(b[2]);
                 if b.len() >= 9 + len {
                     let kind = b[3];
+                    self.last = self.at;
                     self.at += 9 + len;
                     return Next::Frame(kind);
                 }
@@ -173,6 +178,80 @@ impl FrameReader {
             }
         }
     }
+
+    /// The flags, stream and payload of the frame returned last.
+    fn last(&self) -> (u8, u32, &[u8]) {
+        let f = &self.buf[self.last..self.at];
+        let stream = u32::from_be_bytes([f[5], f[6], f[7], f[8]]) & 0x7fff_ffff;
+        (f[4], stream, &f[9..])
+    }
+}
+
+/// A field representation in an HPACK block (RFC 7541 §6).
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Rep {
+    Indexed,
+    /// Literal with incremental indexing: the field enters the decoder's table.
+    Incremental,
+    NotIndexed,
+    NeverIndexed,
+    SizeUpdate,
+}
+
+/// The representations of an HPACK block, in order; string literals are skipped, not
+/// decoded.
+fn representations(mut b: &[u8]) -> Vec<Rep> {
+    fn int(b: &mut &[u8], prefix: u32) -> usize {
+        let mask = (1usize << prefix) - 1;
+        let mut v = usize::from(b[0]) & mask;
+        *b = &b[1..];
+        if v == mask {
+            let mut shift = 0;
+            loop {
+                let c = b[0];
+                *b = &b[1..];
+                v += usize::from(c & 0x7f) << shift;
+                shift += 7;
+                if c & 0x80 == 0 {
+                    break;
+                }
+            }
+        }
+        v
+    }
+    fn skip_str(b: &mut &[u8]) {
+        let len = int(b, 7);
+        *b = &b[len..];
+    }
+    let mut out = Vec::new();
+    while !b.is_empty() {
+        let first = b[0];
+        let rep = if first & 0x80 != 0 {
+            int(&mut b, 7);
+            Rep::Indexed
+        } else if first & 0x40 != 0 {
+            if int(&mut b, 6) == 0 {
+                skip_str(&mut b);
+            }
+            skip_str(&mut b);
+            Rep::Incremental
+        } else if first & 0x20 != 0 {
+            int(&mut b, 5);
+            Rep::SizeUpdate
+        } else {
+            if int(&mut b, 4) == 0 {
+                skip_str(&mut b);
+            }
+            skip_str(&mut b);
+            if first & 0x10 != 0 {
+                Rep::NeverIndexed
+            } else {
+                Rep::NotIndexed
+            }
+        };
+        out.push(rep);
+    }
+    out
 }
 
 /// Writes `frames` (stopping when the peer stops reading or closes) while draining what the
@@ -341,4 +420,50 @@ async fn streams_past_the_concurrency_limit_are_refused() {
         "streams over the limit were neither refused nor the connection closed ({resets} resets)"
     );
     st.normal_client_served().await;
+}
+
+/// The request id is new in every response: sent as a literal never indexed (RFC 7541
+/// §6.2.3), it never enters the client's HPACK table, where each one would evict the entries
+/// that do repeat (and intermediaries are told not to index it either).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_id_never_enters_the_clients_hpack_table() {
+    let st = setup().await;
+    let s = tokio::net::TcpStream::connect(("127.0.0.1", st.h2c))
+        .await
+        .unwrap();
+    let (r, mut w) = s.into_split();
+    w.write_all(PREFACE).await.unwrap();
+    w.write_all(&frame(SETTINGS, 0, 0, &[])).await.unwrap();
+    let streams = [1u32, 3, 5, 7];
+    for id in streams {
+        let f = frame(HEADERS, END_STREAM | END_HEADERS, id, GET_BLOCK);
+        w.write_all(&f).await.unwrap();
+    }
+    let mut frames = FrameReader::new(r);
+    let mut blocks = Vec::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while blocks.len() < streams.len() {
+        match frames.next(deadline).await {
+            Next::Frame(HEADERS) => {
+                let (flags, stream, payload) = frames.last();
+                // one frame per block, no padding or priority: the block is the payload
+                assert_eq!(flags & (0x8 | 0x20), 0, "{flags:#x}");
+                assert_eq!(flags & END_HEADERS, END_HEADERS, "{flags:#x}");
+                blocks.push((stream, representations(payload)));
+            }
+            Next::Frame(_) => {}
+            other => panic!("{other:?} after {} responses", blocks.len()),
+        }
+    }
+    for (stream, reps) in &blocks {
+        // `:status: 200` first, from the static table
+        assert_eq!(
+            reps.first(),
+            Some(&Rep::Indexed),
+            "stream {stream}: {reps:?}"
+        );
+        let never = reps.iter().filter(|r| **r == Rep::NeverIndexed).count();
+        assert_eq!(never, 1, "stream {stream}: {reps:?}");
+    }
+    assert_eq!(st.up.hits(), streams.len());
 }

@@ -110,8 +110,10 @@ fn rewrite(s: &Session, req: &mut impl HeaderEdit, ctx: &mut Ctx) -> Result<()> 
         }
         None => trace::random_u64(),
     };
-    let traceparent = HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
+    let mut traceparent = HeaderValue::from_bytes(&trace::upstream_header(ctx.trace(), span))
         .map_err(|e| Error::because(ErrorType::InternalError, "traceparent", e))?;
+    // new with every request: never indexed by an HTTP/2 upstream's HPACK (as the request id)
+    traceparent.set_sensitive(true);
     req.set(TRACEPARENT, traceparent)?;
     if sent.tracestate && !ctx.trace().continued {
         req.remove(&TRACESTATE);
