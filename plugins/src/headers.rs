@@ -125,6 +125,9 @@ impl Plugin for Headers {
         _cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
         let rw = &self.request;
+        if rw.is_empty() {
+            return Ok(());
+        }
         edit_request(req, rw.room(), |h| rw.apply(h))
     }
 
@@ -135,6 +138,9 @@ impl Plugin for Headers {
         _cx: &mut PluginCtx<'_>,
     ) -> Result<()> {
         let rw = &self.response;
+        if rw.is_empty() {
+            return Ok(());
+        }
         edit_response(resp, rw.room(), |h| rw.apply(h))
     }
 }
