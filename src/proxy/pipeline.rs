@@ -4,13 +4,14 @@
 //! plugins before it do (a 401 from `jwt` still gets CORS headers from an earlier `cors`).
 
 use bytes::Bytes;
-use gatehouse_plugins::api::{RequestBody, MAX_BUFFERED_BODY};
+use gatehouse_plugins::api::{edit_response, RequestBody, MAX_BUFFERED_BODY};
 use gatehouse_plugins::{Flow, PluginCtx, Reply, ReplyBody};
 use pingora_error::{Error, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::Session;
 
 use super::ctx::Ctx;
+use super::names::X_REQUEST_ID;
 
 type Slot = Option<Box<dyn std::any::Any + Send + Sync>>;
 
@@ -224,18 +225,22 @@ pub(super) async fn write_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) ->
         } => (bytes, Some(content_type)),
     };
     let mut resp = answer_header(ctx, reply.status, 4 + reply.headers.len())?;
-    if let Some(ct) = content_type {
-        resp.insert_header(http::header::CONTENT_TYPE, ct)?;
-    }
-    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    for (n, v) in reply.headers {
-        resp.append_header(n, v)?;
-    }
+    edit_response(&mut resp, 0, |h| {
+        if let Some(ct) = content_type {
+            h.set(http::header::CONTENT_TYPE, ct)?;
+        }
+        h.set(http::header::CONTENT_LENGTH, body.len().into())?;
+        for (n, v) in reply.headers {
+            h.add(n, v)?;
+        }
+        Ok(())
+    })?;
     response_filter(s, &mut resp, ctx).await?;
     if super::conn::pipelined(s) {
         s.set_keepalive(None);
     }
-    resp.insert_header("x-request-id", ctx.request_id_value())?;
+    let id = ctx.request_id_value();
+    edit_response(&mut resp, 1, |h| h.set(X_REQUEST_ID, id))?;
     let head_only = s.req_header().method == http::Method::HEAD || body.is_empty();
     s.write_response_header(Box::new(resp), head_only).await?;
     if !head_only {
@@ -306,7 +311,8 @@ async fn write_grpc_reply(s: &mut Session, reply: Reply, ctx: &mut Ctx) -> Resul
         resp.append_header(n, v)?;
     }
     response_filter(s, &mut resp, ctx).await?;
-    resp.insert_header("x-request-id", ctx.request_id_value())?;
+    let id = ctx.request_id_value();
+    edit_response(&mut resp, 1, |h| h.set(X_REQUEST_ID, id))?;
     match s.as_downstream_mut() {
         // one HEADERS frame that ends the stream (Pingora's proxy session would end it with a
         // separate empty DATA frame, which gRPC clients read as "no trailers")
